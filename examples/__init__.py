@@ -1,0 +1,1 @@
+"""Runnable examples: the warehouse data server, a master app, and the end-to-end demo."""

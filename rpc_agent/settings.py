@@ -1,0 +1,31 @@
+"""The agent's configuration, read from `FOREST_*` environment variables or given in code."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator
+
+from rpc_common.settings import AuthSecretSettings, split_secrets
+from rpc_common.signing import DEFAULT_CLOCK_SKEW
+
+
+class AgentSettings(AuthSecretSettings):
+    """Everything the embedded agent needs; only `auth_secret` is required."""
+
+    auth_previous_secrets: SecretStr | None = Field(
+        default=None, description="Comma-separated secrets still accepted during a key rotation."
+    )
+    require_bound_signatures: bool = False
+    allowed_clock_skew: float = Field(default=DEFAULT_CLOCK_SKEW, gt=0, le=86_400)
+    sse_heartbeat_interval: float = Field(default=10.0, gt=0, le=3_600)
+    url_prefix: str = "/forest"
+
+    @field_validator("url_prefix")
+    @classmethod
+    def _prefix_shape(cls, value: str) -> str:
+        if not value.startswith("/") or (len(value) > 1 and value.endswith("/")):
+            raise ValueError("url_prefix must start with '/' and not end with one")
+        return "" if value == "/" else value
+
+    def verification_secrets(self) -> list[str]:
+        """The current secret first, then the previous ones still accepted."""
+        return [self.auth_secret.get_secret_value(), *split_secrets(self.auth_previous_secrets)]

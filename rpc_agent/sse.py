@@ -1,0 +1,130 @@
+"""Legacy SSE: event formatting and the manager that keeps one active stream at a time."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from enum import StrEnum
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_EVENT = "heartbeat"
+STOP_EVENT = "RpcServerStop"
+
+
+def format_event(event: str, data: str) -> str:
+    """One SSE event block; multi-line data becomes several `data:` lines."""
+    lines = [f"event: {event}"] + [f"data: {line}" for line in data.split("\n")]
+    return "\n".join(lines) + "\n\n"
+
+
+HEARTBEAT_BLOCK = format_event(HEARTBEAT_EVENT, '""')
+STOP_BLOCK = format_event(STOP_EVENT, json.dumps({"event": STOP_EVENT}))
+
+
+class StreamEnd(StrEnum):
+    """Why the agent ended a stream."""
+
+    SUPERSEDED = "superseded"
+    SHUTDOWN = "shutdown"
+
+
+class SseConnection:
+    """One open stream; the manager ends it by setting its end reason."""
+
+    def __init__(self) -> None:
+        self.id = uuid.uuid4().hex
+        self._ended = threading.Event()
+        self.end_reason: StreamEnd | None = None
+
+    @property
+    def active(self) -> bool:
+        return not self._ended.is_set()
+
+    def end(self, reason: StreamEnd) -> None:
+        """End the stream (idempotent: the first reason wins)."""
+        if self._ended.is_set():
+            return
+        self.end_reason = reason
+        self._ended.set()
+
+    def wait_for_end(self, timeout: float) -> StreamEnd | None:
+        """Wait up to `timeout` seconds; the end reason if the stream was ended meanwhile."""
+        self._ended.wait(timeout)
+        return self.end_reason
+
+
+class SseConnectionManager:
+    """Thread-safe holder of the single active stream: a new one ends the previous one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._current: SseConnection | None = None
+        self._shutting_down = False
+
+    @property
+    def current(self) -> SseConnection | None:
+        with self._lock:
+            return self._current
+
+    def register(self) -> SseConnection:
+        """A new active connection; the previous one, if any, is ended as superseded."""
+        connection = SseConnection()
+        with self._lock:
+            previous, self._current = self._current, connection
+            if self._shutting_down:
+                connection.end(StreamEnd.SHUTDOWN)
+        if previous is not None:
+            logger.info("SSE stream %s superseded by %s", previous.id, connection.id)
+            previous.end(StreamEnd.SUPERSEDED)
+        return connection
+
+    def unregister(self, connection: SseConnection) -> None:
+        """Forget the connection if it is still the current one."""
+        with self._lock:
+            if self._current is connection:
+                self._current = None
+
+    def shutdown(self) -> None:
+        """End the active stream with `RpcServerStop`; later streams end at once."""
+        with self._lock:
+            self._shutting_down = True
+            current = self._current
+        if current is not None:
+            current.end(StreamEnd.SHUTDOWN)
+
+    def stream(self, connection: SseConnection, heartbeat_interval: float) -> Iterator[str]:
+        """The event blocks of one stream: heartbeats until superseded, shut down or gone."""
+        started = time.monotonic()
+        heartbeats = 0
+        outcome = "client disconnected"
+        logger.info("SSE stream %s started", connection.id)
+        try:
+            while True:
+                if connection.end_reason is None:
+                    yield HEARTBEAT_BLOCK
+                    heartbeats += 1
+                reason = connection.wait_for_end(heartbeat_interval)
+                if reason is StreamEnd.SUPERSEDED:
+                    outcome = "superseded"
+                    return
+                if reason is StreamEnd.SHUTDOWN:
+                    yield STOP_BLOCK
+                    outcome = "sent RpcServerStop"
+                    return
+        except GeneratorExit:
+            logger.info("SSE client of stream %s disconnected", connection.id)
+            raise
+        finally:
+            self.unregister(connection)
+            logger.info(
+                "SSE stream %s stopped (%s) after %.1f s, %d heartbeats sent",
+                connection.id,
+                outcome,
+                time.monotonic() - started,
+                heartbeats,
+            )
