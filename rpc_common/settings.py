@@ -9,7 +9,7 @@ ENV_PREFIX = "FOREST_"
 MIN_SECRET_BYTES = 32
 
 
-class ConfigurationError(Exception):
+class ConfigurationError(ValueError):
     """A setting is missing or out of range; the message is one line and names the setting."""
 
 
@@ -37,15 +37,18 @@ class AuthSecretSettings(BaseSettings):
 
 
 def describe_validation_error(error: ValidationError) -> str:
-    """One line naming each refused setting by its environment variable, never its value."""
+    """One line naming each refused setting (argument and variable), never its value."""
     parts = []
     for item in error.errors(include_input=False, include_url=False):
-        name = ENV_PREFIX + "_".join(str(part) for part in item["loc"]).upper()
+        field = "_".join(str(part) for part in item["loc"])
+        name = ENV_PREFIX + field.upper()
         if item["type"] == "missing":
-            parts.append(f"{name} is not set")
+            parts.append(f"{name} is not set ({field})")
         else:
             message = item["msg"].removeprefix("Value error, ")
-            parts.append(message if name in message else f"{name}: {message}")
+            parts.append(
+                f"{field}: {message}" if name in message else f"{field} ({name}): {message}"
+            )
     return "configuration error: " + "; ".join(parts)
 
 

@@ -1,0 +1,36 @@
+"""The datasource's configuration, read from `FOREST_*` environment variables or given in code."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from rpc_common.settings import AuthSecretSettings
+from rpc_common.signing import SignatureScheme
+
+
+class DatasourceSettings(AuthSecretSettings):
+    """Where the agent is and how to watch it; `auth_secret` and `rpc_uri` are required."""
+
+    rpc_uri: str
+    url_prefix: str = "/forest"
+    health_check_interval: float = Field(default=30.0, gt=0, le=86_400)
+    health_check_failure_threshold: int = Field(default=3, ge=1, le=1_000)
+    health_check_timeout: float = Field(default=5.0, gt=0, le=600)
+    signature_scheme: SignatureScheme = "v2"
+
+    @field_validator("rpc_uri")
+    @classmethod
+    def _http_uri(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("FOREST_RPC_URI must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    def route_url(self, route: str) -> str:
+        """The full URL of one agent route, e.g. `route_url("health")`."""
+        return f"{self.rpc_uri}{self.url_prefix}/{route}"
+
+    def health_url(self) -> str:
+        return self.route_url("health")
+
+    def schema_url(self) -> str:
+        return self.route_url("rpc-schema")
