@@ -35,7 +35,7 @@ def package_version() -> str:
 def load_agent_settings() -> AgentSettings:
     """Settings from the environment; a refused value is a one-line `ConfigurationError`."""
     try:
-        return AgentSettings()  # type: ignore[call-arg]
+        return AgentSettings()
     except ValidationError as error:
         raise ConfigurationError(describe_validation_error(error)) from None
 

@@ -34,13 +34,20 @@ def serve_until_signalled(
         logger.info("received %s", signal.Signals(signum).name)
         stop_requested.set()
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    previous = {sig: signal.signal(sig, request_stop) for sig in stop_signals}
     server = wsgi.Server((host, port), app, numthreads=threads, server_name="rpc-agent")
     try:
-        server.prepare()
+        # The server's threads inherit a mask that blocks the stop signals, so they reach
+        # the main thread, whose wait they interrupt at once.
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+        try:
+            server.prepare()
+            serving = threading.Thread(target=server.serve, name="wsgi-server")
+            serving.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
         bound_host, bound_port = server.bind_addr[:2]
-        serving = threading.Thread(target=server.serve, name="wsgi-server")
-        serving.start()
         logger.info("serving on http://%s:%d", bound_host, bound_port)
         if on_ready is not None:
             on_ready(bound_host, bound_port)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "FOREST_"
@@ -20,14 +20,15 @@ class AuthSecretSettings(BaseSettings):
         env_prefix=ENV_PREFIX, hide_input_in_errors=True, extra="ignore"
     )
 
-    auth_secret: SecretStr
+    # The empty default is validated, so a missing secret is refused with the variable's name.
+    auth_secret: SecretStr = Field(default=SecretStr(""), validate_default=True)
 
     @field_validator("auth_secret")
     @classmethod
     def _secret_long_enough(cls, value: SecretStr) -> SecretStr:
         size = len(value.get_secret_value().encode("utf-8"))
         if size == 0:
-            raise ValueError(f"{ENV_PREFIX}AUTH_SECRET is empty")
+            raise ValueError(f"{ENV_PREFIX}AUTH_SECRET is empty or not set")
         if size < MIN_SECRET_BYTES:
             raise ValueError(
                 f"{ENV_PREFIX}AUTH_SECRET is too short ({size} bytes; at least "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -17,6 +18,12 @@ DEFAULT_CLOCK_SKEW = 300.0
 MAX_TIMESTAMP_LENGTH = 64
 
 SignatureScheme = Literal["v1", "v2"]
+
+# ISO 8601 date-time with an explicit zone, ASCII digits only; fromisoformat alone is laxer.
+_TIMESTAMP_SHAPE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]{1,6})?)?"
+    r"([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)"
+)
 
 
 class VerificationFailure(StrEnum):
@@ -36,10 +43,10 @@ def format_timestamp(moment: datetime) -> str:
 
 def parse_timestamp(value: str) -> datetime | None:
     """Parse an ISO 8601 timestamp with an explicit UTC offset; None when it is not one."""
-    if not value or len(value) > MAX_TIMESTAMP_LENGTH or not value.isascii():
+    if len(value) > MAX_TIMESTAMP_LENGTH or not _TIMESTAMP_SHAPE.fullmatch(value):
         return None
     try:
-        parsed = datetime.fromisoformat(value)
+        parsed = datetime.fromisoformat(value.replace(",", ".").upper())
         if parsed.tzinfo is None or parsed.utcoffset() is None:
             return None
         return parsed.astimezone(UTC)
@@ -88,7 +95,7 @@ def signed_headers(
 def _signature_matches(provided: str, expected: str) -> bool:
     # compare_digest on str refuses non-ASCII input, so compare bytes instead.
     return hmac.compare_digest(
-        expected.encode("ascii"), provided.encode("utf-8", errors="surrogateescape")
+        expected.encode("ascii"), provided.encode("utf-8", errors="surrogatepass")
     )
 
 

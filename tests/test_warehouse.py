@@ -1,0 +1,450 @@
+"""The real `python -m examples.warehouse` command, run as a subprocess on 127.0.0.1.
+
+Each test starts the command the way a user would (its own process, its own SQLite file in
+`tmp_path`, the secret in the environment) and talks to it over HTTP with signed requests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from examples.warehouse.database import PRODUCTS, add_column
+from tests.support import TEST_SECRET, signed
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HEALTH = "/forest/health"
+SCHEMA = "/forest/rpc-schema"
+SSE = "/forest/sse"
+STARTUP_DEADLINE = 15.0
+EXIT_DEADLINE = 15.0
+HEARTBEAT_INTERVAL = "0.2"
+REQUEST_TIMEOUT = 5.0
+
+
+def free_port() -> int:
+    """A port that was free a moment ago on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def warehouse_env(secret: str | None = TEST_SECRET) -> dict[str, str]:
+    """The caller's environment without any `FOREST_*` setting, plus the test's own."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FOREST_")}
+    env["FOREST_SSE_HEARTBEAT_INTERVAL"] = HEARTBEAT_INTERVAL
+    env["PYTHONUNBUFFERED"] = "1"
+    if secret is not None:
+        env["FOREST_AUTH_SECRET"] = secret
+    return env
+
+
+def command(port: int, db_path: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "examples.warehouse",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--db",
+        str(db_path),
+    ]
+
+
+@dataclass
+class Warehouse:
+    """One running warehouse process and where its output goes."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    stderr_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    def get(self, target: str, **headers: str) -> requests.Response:
+        """A signed GET of `target` (path and query), with extra headers if given."""
+        all_headers = {**signed(target), **headers}
+        return requests.get(self.url + target, headers=all_headers, timeout=REQUEST_TIMEOUT)
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        """Send `signum` and wait for the exit code (fails the test if it does not exit)."""
+        self.process.send_signal(signum)
+        try:
+            return self.process.wait(timeout=EXIT_DEADLINE)
+        except subprocess.TimeoutExpired:
+            pytest.fail(
+                f"warehouse did not exit within {EXIT_DEADLINE} s of "
+                f"{signal.Signals(signum).name}; stderr:\n{self.stderr()}"
+            )
+
+
+def wait_until_ready(warehouse: Warehouse) -> None:
+    """Poll the signed health route until it answers 200, the process dies, or time runs out."""
+    deadline = time.monotonic() + STARTUP_DEADLINE
+    pause = threading.Event()
+    last_problem = "no attempt made"
+    while time.monotonic() < deadline:
+        if warehouse.process.poll() is not None:
+            pytest.fail(
+                f"warehouse exited with {warehouse.process.returncode} before it was ready; "
+                f"stderr:\n{warehouse.stderr()}"
+            )
+        try:
+            response = requests.get(
+                warehouse.url + HEALTH, headers=signed(HEALTH), timeout=REQUEST_TIMEOUT
+            )
+        except requests.RequestException as error:
+            last_problem = repr(error)
+        else:
+            if response.status_code == 200:
+                return
+            last_problem = f"HTTP {response.status_code}: {response.text[:200]}"
+        pause.wait(0.05)
+    pytest.fail(
+        f"warehouse not ready within {STARTUP_DEADLINE} s ({last_problem}); "
+        f"stderr:\n{warehouse.stderr()}"
+    )
+
+
+@contextmanager
+def running_warehouse(db_path: Path, log_dir: Path) -> Iterator[Warehouse]:
+    """Start the command, wait until it is ready, and always end and reap it afterwards."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    stderr_path = log_dir / f"warehouse-{port}.stderr"
+    with stderr_path.open("wb") as stderr_file:
+        process = subprocess.Popen(
+            command(port, db_path),
+            cwd=REPO_ROOT,
+            env=warehouse_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr_file,
+        )
+        warehouse = Warehouse(process, port, stderr_path)
+        try:
+            wait_until_ready(warehouse)
+            yield warehouse
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=EXIT_DEADLINE)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "warehouse.db"
+
+
+@pytest.fixture
+def warehouse(db_path: Path, tmp_path: Path) -> Iterator[Warehouse]:
+    with running_warehouse(db_path, tmp_path / "logs") as running:
+        yield running
+
+
+def collection(schema: dict[str, Any], name: str) -> dict[str, Any]:
+    matches = [item for item in schema["collections"] if item["name"] == name]
+    assert len(matches) == 1, f"expected one collection {name!r}, got {schema['collections']}"
+    return matches[0]
+
+
+def field_names(schema: dict[str, Any], name: str) -> list[str]:
+    return [item["name"] for item in collection(schema, name)["fields"]]
+
+
+# --- configuration errors ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [None, "", "short-XYZZY"],
+    ids=["missing", "empty", "short"],
+)
+def test_refuses_to_start_without_a_usable_secret(secret: str | None, tmp_path: Path) -> None:
+    result = subprocess.run(
+        command(free_port(), tmp_path / "warehouse.db"),
+        cwd=REPO_ROOT,
+        env=warehouse_env(secret),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {result.stderr!r}"
+    assert lines[0].strip()
+    assert "FOREST_AUTH_SECRET" in lines[0]
+    if secret:
+        assert secret not in result.stdout
+        assert secret not in result.stderr
+
+
+# --- health and schema ---------------------------------------------------------------------
+
+
+def test_health_answers_the_contract_body(warehouse: Warehouse) -> None:
+    response = warehouse.get(HEALTH)
+
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.headers["Cache-Control"] == "no-store"
+    assert len(response.content) < 1024
+    body = response.json()
+    assert body["status"] == "ok"
+    assert isinstance(body["version"], str) and body["version"]
+    assert isinstance(body["instance_id"], str) and body["instance_id"]
+    assert isinstance(body["schema_etag"], str) and body["schema_etag"]
+    uptime = body["uptime_s"]
+    assert isinstance(uptime, int | float) and not isinstance(uptime, bool)
+    assert uptime >= 0
+
+
+def test_agent_routes_refuse_unsigned_requests(warehouse: Warehouse) -> None:
+    for target in (HEALTH, SCHEMA):
+        response = requests.get(warehouse.url + target, timeout=REQUEST_TIMEOUT)
+
+        assert response.status_code == 401
+        assert response.headers["Content-Type"].startswith("application/json")
+        assert response.json() == {"error": "Unauthorized", "reason": "missing_headers"}
+
+
+def test_schema_lists_the_database_tables_with_an_etag_matching_health(
+    warehouse: Warehouse,
+) -> None:
+    health = warehouse.get(HEALTH).json()
+    response = warehouse.get(SCHEMA)
+
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("application/json")
+    schema = response.json()
+    assert isinstance(schema["charts"], list)
+    names = {item["name"] for item in schema["collections"]}
+    assert {"manufacturers", "products"} <= names
+    assert set(field_names(schema, "manufacturers")) >= {"id", "name", "country"}
+    assert set(field_names(schema, "products")) >= {
+        "id",
+        "name",
+        "manufacturer_id",
+        "price_cents",
+        "stock",
+    }
+    etag = response.headers["ETag"]
+    assert not etag.startswith("W/"), "the schema ETag must be strong"
+    assert etag == health["schema_etag"]
+
+
+def test_schema_answers_304_to_the_current_etag(warehouse: Warehouse) -> None:
+    etag = warehouse.get(SCHEMA).headers["ETag"]
+
+    response = warehouse.get(SCHEMA, **{"If-None-Match": etag})
+
+    assert response.status_code == 304
+    assert response.content == b""
+
+
+# --- signals -------------------------------------------------------------------------------
+
+
+class SseReader:
+    """Reads one signed SSE stream in a thread, recording `(event, data)` pairs."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.events: list[tuple[str, str]] = []
+        self.error: BaseException | None = None
+        self.status: int | None = None
+        self.content_type = ""
+        self.got_first_event = threading.Event()
+        self.ended = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="sse-reader", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def recorded(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self.events)
+
+    def _run(self) -> None:
+        try:
+            with requests.get(
+                self.url + SSE, headers=signed(SSE), stream=True, timeout=(REQUEST_TIMEOUT, 10.0)
+            ) as response:
+                self.status = response.status_code
+                self.content_type = response.headers.get("Content-Type", "")
+                event, data = "", []
+                for line in response.iter_lines(chunk_size=1, decode_unicode=True):
+                    if line.startswith("event:"):
+                        event = line.removeprefix("event:").strip()
+                    elif line.startswith("data:"):
+                        data.append(line.removeprefix("data:").strip())
+                    elif line == "" and event:
+                        with self._lock:
+                            self.events.append((event, "\n".join(data)))
+                        self.got_first_event.set()
+                        event, data = "", []
+        except BaseException as error:
+            self.error = error
+        finally:
+            self.ended.set()
+            self.got_first_event.set()
+
+
+def test_sigterm_sends_rpc_server_stop_to_the_open_stream_and_exits_0(
+    warehouse: Warehouse,
+) -> None:
+    reader = SseReader(warehouse.url)
+    reader.start()
+    try:
+        assert reader.got_first_event.wait(10.0), "no SSE event arrived"
+        assert reader.error is None, repr(reader.error)
+        assert reader.status == 200
+        assert reader.content_type.startswith("text/event-stream")
+        assert reader.recorded()[0] == ("heartbeat", '""')
+
+        code = warehouse.stop(signal.SIGTERM)
+
+        assert reader.ended.wait(EXIT_DEADLINE), "the SSE stream did not end after SIGTERM"
+    finally:
+        reader.join(EXIT_DEADLINE)
+    assert reader.error is None, repr(reader.error)
+    events = reader.recorded()
+    assert events[-1] == ("RpcServerStop", '{"event": "RpcServerStop"}'), events
+    assert [name for name, _ in events[:-1]] == ["heartbeat"] * (len(events) - 1)
+    assert code == 0, warehouse.stderr()
+
+
+def test_sigint_exits_0(warehouse: Warehouse) -> None:
+    assert warehouse.get(HEALTH).status_code == 200
+
+    code = warehouse.stop(signal.SIGINT)
+
+    assert code == 0, warehouse.stderr()
+    assert "Traceback" not in warehouse.stderr()
+
+
+def test_sigterm_without_open_stream_exits_0(warehouse: Warehouse) -> None:
+    code = warehouse.stop(signal.SIGTERM)
+
+    assert code == 0, warehouse.stderr()
+    assert "Traceback" not in warehouse.stderr()
+
+
+# --- database and migration ----------------------------------------------------------------
+
+
+def test_database_is_created_and_seeded_when_absent(db_path: Path, tmp_path: Path) -> None:
+    assert not db_path.exists()
+
+    with running_warehouse(db_path, tmp_path / "logs") as running:
+        assert db_path.exists()
+        products = requests.get(running.url + "/products", timeout=REQUEST_TIMEOUT)
+        manufacturers = requests.get(running.url + "/manufacturers", timeout=REQUEST_TIMEOUT)
+        assert running.stop() == 0, running.stderr()
+
+    assert products.status_code == 200
+    rows = products.json()
+    assert len(rows) == len(PRODUCTS)
+    assert [row["name"] for row in rows] == [product[1] for product in PRODUCTS]
+    assert all(isinstance(row["price_cents"], int) for row in rows)
+    assert manufacturers.status_code == 200
+    manufacturer_ids = {row["id"] for row in manufacturers.json()}
+    assert {row["manufacturer_id"] for row in rows} <= manufacturer_ids
+    with sqlite3.connect(db_path) as connection:
+        (count,) = connection.execute("SELECT COUNT(*) FROM products").fetchone()
+    connection.close()
+    assert count == len(PRODUCTS)
+
+
+def test_existing_database_is_served_as_is_not_reseeded(db_path: Path, tmp_path: Path) -> None:
+    with running_warehouse(db_path, tmp_path / "logs") as running:
+        assert running.stop() == 0, running.stderr()
+    with sqlite3.connect(db_path) as connection:
+        connection.execute("DELETE FROM products WHERE id > 1")
+    connection.close()
+
+    with running_warehouse(db_path, tmp_path / "logs") as running:
+        rows = requests.get(running.url + "/products", timeout=REQUEST_TIMEOUT).json()
+        assert running.stop() == 0, running.stderr()
+
+    assert [row["id"] for row in rows] == [1]
+
+
+def test_migration_changes_the_schema_and_etag_at_the_next_start(
+    db_path: Path, tmp_path: Path
+) -> None:
+    logs = tmp_path / "logs"
+    with running_warehouse(db_path, logs) as first:
+        first_health = first.get(HEALTH).json()
+        first_response = first.get(SCHEMA)
+        assert first.stop() == 0, first.stderr()
+    first_etag = first_response.headers["ETag"]
+    first_schema = first_response.json()
+    assert "weight_grams" not in field_names(first_schema, "products")
+
+    with running_warehouse(db_path, logs) as second:
+        second_health = second.get(HEALTH).json()
+        second_response = second.get(SCHEMA)
+        unchanged = second.get(SCHEMA, **{"If-None-Match": first_etag})
+        assert second.stop() == 0, second.stderr()
+    assert second_response.headers["ETag"] == first_etag
+    assert second_health["schema_etag"] == first_etag
+    assert second_response.json() == first_schema
+    assert unchanged.status_code == 304
+    assert second_health["instance_id"] != first_health["instance_id"]
+
+    add_column(db_path, "products", "weight_grams", "INTEGER")
+
+    with running_warehouse(db_path, logs) as third:
+        third_health = third.get(HEALTH).json()
+        third_response = third.get(SCHEMA)
+        stale = third.get(SCHEMA, **{"If-None-Match": first_etag})
+        assert third.stop() == 0, third.stderr()
+    third_etag = third_response.headers["ETag"]
+    third_schema = third_response.json()
+    assert third_etag != first_etag
+    assert third_health["schema_etag"] == third_etag
+    assert stale.status_code == 200
+    assert stale.json() == third_schema
+    assert field_names(third_schema, "products") == [
+        *field_names(first_schema, "products"),
+        "weight_grams",
+    ]
+    assert field_names(third_schema, "manufacturers") == field_names(first_schema, "manufacturers")
+    assert third_health["instance_id"] not in {
+        first_health["instance_id"],
+        second_health["instance_id"],
+    }
