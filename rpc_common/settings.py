@@ -28,7 +28,7 @@ class AuthSecretSettings(BaseSettings):
     def _secret_long_enough(cls, value: SecretStr) -> SecretStr:
         size = len(value.get_secret_value().encode("utf-8"))
         if size == 0:
-            raise ValueError(f"{ENV_PREFIX}AUTH_SECRET is empty or not set")
+            raise ValueError(f"{ENV_PREFIX}AUTH_SECRET is not set or is empty")
         if size < MIN_SECRET_BYTES:
             raise ValueError(
                 f"{ENV_PREFIX}AUTH_SECRET is too short ({size} bytes; at least "
