@@ -10,7 +10,7 @@ from pathlib import Path
 from examples.logs import configure_logging
 from examples.warehouse.app import create_app
 from rpc_agent.extension import EXTENSION_KEY, load_agent_settings
-from rpc_agent.serving import serve_until_signalled
+from rpc_agent.serving import serve_agent_until_signalled
 from rpc_common.settings import ConfigurationError
 
 logger = logging.getLogger("examples.warehouse")
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(args.db, settings)
     agent = app.extensions[EXTENSION_KEY]
     logger.info("schema ETag %s, instance %s", agent.schema_cache.current()[1], agent.instance_id)
-    serve_until_signalled(app, agent, args.host, args.port)
+    serve_agent_until_signalled(app, agent, args.host, args.port)
     return 0
 
 

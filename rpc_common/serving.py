@@ -1,0 +1,67 @@
+"""Run a WSGI app on cheroot until SIGTERM/SIGINT, with a hook and a short drain before stopping."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+from cheroot import wsgi
+from flask import Flask
+
+logger = logging.getLogger(__name__)
+
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+
+
+def serve_until_signalled(
+    app: Flask,
+    host: str,
+    port: int,
+    *,
+    threads: int = 16,
+    on_stop_signal: Callable[[], None] | None = None,
+    drained: Callable[[], bool] | None = None,
+    drain_seconds: float = 1.0,
+    on_ready: Callable[[str, int], None] | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT; then call `on_stop_signal`, wait up to `drain_seconds`
+    for `drained()` to be true, and stop the server, joining its threads."""
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        logger.info("received %s", signal.Signals(signum).name)
+        stop_requested.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
+    server = wsgi.Server((host, port), app, numthreads=threads, server_name=app.name)
+    try:
+        # The server's threads inherit a mask that blocks the stop signals, so they reach
+        # the main thread, whose wait they interrupt at once.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            server.prepare()
+            serving = threading.Thread(target=server.serve, name="wsgi-server")
+            serving.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        bound_host, bound_port = server.bind_addr[:2]
+        logger.info("serving on http://%s:%d", bound_host, bound_port)
+        if on_ready is not None:
+            on_ready(bound_host, bound_port)
+        while not stop_requested.wait(1.0):
+            pass
+        if on_stop_signal is not None:
+            on_stop_signal()
+        deadline = time.monotonic() + drain_seconds
+        while drained is not None and not drained() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        server.stop()
+        serving.join()
+        logger.info("stopped")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
