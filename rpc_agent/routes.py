@@ -40,8 +40,7 @@ def build_blueprint(agent: RpcAgent) -> Blueprint:
 
     @blueprint.get("/sse")
     def sse() -> Response:
-        connection = agent.sse_manager.register()
-        stream = agent.sse_manager.stream(connection, agent.settings.sse_heartbeat_interval)
+        stream = agent.sse_manager.open_stream(agent.settings.sse_heartbeat_interval)
         response = Response(stream, mimetype="text/event-stream")
         response.headers["Cache-Control"] = "no-cache"
         response.headers["X-Accel-Buffering"] = "no"

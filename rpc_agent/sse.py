@@ -97,8 +97,13 @@ class SseConnectionManager:
         if current is not None:
             current.end(StreamEnd.SHUTDOWN)
 
-    def stream(self, connection: SseConnection, heartbeat_interval: float) -> Iterator[str]:
-        """The event blocks of one stream: heartbeats until superseded, shut down or gone."""
+    def open_stream(self, heartbeat_interval: float) -> Iterator[str]:
+        """The event blocks of a new stream: heartbeats until superseded, shut down or gone.
+
+        The stream registers when it is first iterated, so a response whose body is never
+        sent (a HEAD request) neither takes the slot nor ends the active stream.
+        """
+        connection = self.register()
         started = time.monotonic()
         heartbeats = 0
         outcome = "client disconnected"
