@@ -1,0 +1,219 @@
+"""`python -m examples.demo`: warehouse and master through a crash, a migration and a restart.
+
+Prints a timeline and exits 0 when every step happened as it should, else 1 naming the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from examples.demo.processes import ChildProcess
+from examples.warehouse.database import add_column
+from rpc_common.signing import signed_headers
+
+POLLING_INTERVAL = 1.0
+FAILURE_THRESHOLD = 3
+PROBE_TIMEOUT = 1.0
+NEW_COLUMN = ("products", "weight_grams", "INTEGER")
+
+
+class StepFailed(Exception):
+    """A step of the story did not happen as it should."""
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Demo:
+    """The story, step by step, with a timeline relative to the start."""
+
+    def __init__(self, workdir: Path, verbose: bool) -> None:
+        self.started = time.monotonic()
+        self.verbose = verbose
+        self.secret = secrets.token_urlsafe(32)
+        self.db = workdir / "warehouse.db"
+        self.warehouse_port = free_port()
+        self.master_port = free_port()
+        self.env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "FOREST_AUTH_SECRET": self.secret,
+            "FOREST_HEALTH_CHECK_INTERVAL": str(POLLING_INTERVAL),
+            "FOREST_HEALTH_CHECK_FAILURE_THRESHOLD": str(FAILURE_THRESHOLD),
+            "FOREST_HEALTH_CHECK_TIMEOUT": str(PROBE_TIMEOUT),
+        }
+        self.warehouse: ChildProcess | None = None
+        self.master: ChildProcess | None = None
+
+    def say(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.2f}s] {message}", flush=True)
+
+    def start_warehouse(self) -> ChildProcess:
+        args = ["--host", "127.0.0.1", "--port", str(self.warehouse_port), "--db", str(self.db)]
+        warehouse = ChildProcess("warehouse", "examples.warehouse", args, self.env)
+        deadline = time.monotonic() + 30
+        url = f"http://127.0.0.1:{self.warehouse_port}/forest/health"
+        while time.monotonic() < deadline:
+            try:
+                headers = signed_headers(self.secret, target="/forest/health")
+                if requests.get(url, headers=headers, timeout=1).status_code == 200:
+                    return warehouse
+            except requests.RequestException:
+                pass
+            if not warehouse.running:
+                break
+            threading.Event().wait(0.05)
+        raise StepFailed("the warehouse did not answer its health check:\n" + self._tail(warehouse))
+
+    def master_line(self, step: str, pattern: str, timeout: float, after: float = 0.0) -> Any:
+        assert self.master is not None
+        line = self.master.wait_for_line(pattern, timeout, after)
+        if line is None:
+            raise StepFailed(f"{step}: no master line matching {pattern!r} within {timeout:g} s")
+        if self.verbose:
+            self.say(f"  master: {line.text}")
+        return line
+
+    def master_status(self) -> dict[str, Any]:
+        reply = requests.get(f"http://127.0.0.1:{self.master_port}/status", timeout=5)
+        reply.raise_for_status()
+        status: dict[str, Any] = reply.json()["warehouse"]
+        return status
+
+    def run(self) -> None:
+        self.warehouse = self.start_warehouse()
+        self.say(f"warehouse up on port {self.warehouse_port} (secret generated for this run)")
+
+        master_args = [
+            "--rpc-uri",
+            f"http://127.0.0.1:{self.warehouse_port}",
+            "--name",
+            "warehouse",
+            "--port",
+            str(self.master_port),
+        ]
+        self.master = ChildProcess("master", "examples.master", master_args, self.env)
+        line = self.master_line(
+            "master connected", r"warehouse connected: collections (.*?) \(", 30
+        )
+        self.master_line("master serving", r"serving on http://", 30)
+        bound = float(self.master_status()["detection_bound_s"])
+        self.say(f"master connected: {line.text.split('connected: ', 1)[1]}")
+        self.say(
+            f"polling every {POLLING_INTERVAL:g} s, down after {FAILURE_THRESHOLD} "
+            f"failures; worst-case detection {bound:.2f} s"
+        )
+
+        threading.Event().wait(POLLING_INTERVAL * 1.5)
+        killed_at = time.monotonic()
+        self.warehouse.kill_hard()
+        self.say("warehouse killed (SIGKILL)")
+        down = self.master_line("outage detected", r"warehouse DOWN", bound + 10, killed_at)
+        latency = down.at - killed_at
+        self.say(
+            f"outage detected in {latency:.2f} s (bound {bound:.2f} s): "
+            f"{down.text.split('warehouse ', 1)[1]}"
+        )
+        if latency > bound:
+            raise StepFailed(f"outage detected in {latency:.2f} s, over the {bound:.2f} s bound")
+
+        add_column(self.db, *NEW_COLUMN)
+        self.say(f"migration applied: {NEW_COLUMN[0]}.{NEW_COLUMN[1]} {NEW_COLUMN[2]}")
+        restarted_at = time.monotonic()
+        self.warehouse = self.start_warehouse()
+        self.say("warehouse back up")
+        recovered = self.master_line("recovery", r"warehouse RECOVERED", 30, restarted_at)
+        self.say(f"master: {recovered.text.split('warehouse ', 1)[1]}")
+        field = rf"\+field {NEW_COLUMN[0]}\.{NEW_COLUMN[1]}"
+        reloaded = self.master_line(
+            "schema reload", rf"warehouse SCHEMA RELOADED: .*{field}", 30, restarted_at
+        )
+        self.say(f"master: {reloaded.text.split('warehouse ', 1)[1]}")
+
+        self.check_each_event_once()
+        self.stop_both()
+
+    def check_each_event_once(self) -> None:
+        """After a few more probes, each event must have been logged exactly once."""
+        probes = self.master_status()["probes"]
+        deadline = time.monotonic() + 30
+        while self.master_status()["probes"] < probes + 3:
+            if time.monotonic() > deadline:
+                raise StepFailed("the master stopped probing after the recovery")
+            threading.Event().wait(0.2)
+        assert self.master is not None
+        counts = {
+            event: self.master.count_lines(rf"warehouse {event}")
+            for event in ("DOWN", "RECOVERED", "SCHEMA RELOADED")
+        }
+        if any(count != 1 for count in counts.values()):
+            raise StepFailed(f"each event should be logged once, got {counts}")
+        status = self.master_status()
+        if status["state"] != "up" or status["schema_reloads"] != 1:
+            raise StepFailed(f"unexpected master status: {status}")
+        self.say(
+            f"each event seen exactly once; master status: state {status['state']}, "
+            f"{status['probes']} probes, {status['failures']} failures, "
+            f"schema ETag {status['schema_etag']}"
+        )
+
+    def stop_both(self) -> None:
+        assert self.master is not None and self.warehouse is not None
+        master_code = self.master.stop()
+        warehouse_code = self.warehouse.stop()
+        if master_code != 0 or warehouse_code != 0:
+            raise StepFailed(
+                f"clean stop: master exited {master_code}, warehouse exited {warehouse_code}"
+            )
+        self.say("master and warehouse stopped cleanly (SIGTERM, exit code 0)")
+
+    def cleanup(self) -> None:
+        for child in (self.master, self.warehouse):
+            if child is not None and child.running:
+                child.stop(timeout=5)
+
+    def _tail(self, child: ChildProcess) -> str:
+        return "\n".join(f"  {child.name}: {text}" for text in child.tail())
+
+    def report_failure(self, error: StepFailed) -> None:
+        self.say(f"FAILED: {error}")
+        for child in (self.warehouse, self.master):
+            if child is not None:
+                print(self._tail(child), file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the story; 0 when it happened as it should."""
+    parser = argparse.ArgumentParser(prog="python -m examples.demo", description=__doc__)
+    parser.add_argument("--verbose", action="store_true", help="echo the master's event lines")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="rpc-demo-") as workdir:
+        demo = Demo(Path(workdir), args.verbose)
+        try:
+            demo.run()
+        except StepFailed as error:
+            demo.report_failure(error)
+            return 1
+        finally:
+            demo.cleanup()
+    demo.say("demo passed: outage detected once, recovery, migration reloaded")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
