@@ -218,15 +218,17 @@ class HealthCheckClient:
                     return
                 actions = self._machine.observe(result)
                 self._stats.record(result, latency, actions, self._machine)
-                next_delay = self._next_delay()
             self._log_outcome(result, actions)
             self._run_callbacks(actions)
-            with self._lock:
-                if self._scheduler is not None and not self._closed:
-                    self._scheduler.schedule(self._job, next_delay)
         finally:
+            self._schedule_next()
             self._probing_thread = None
             self._idle.set()
+
+    def _schedule_next(self) -> None:
+        with self._lock:
+            if self._scheduler is not None and not self._closed:
+                self._scheduler.schedule(self._job, self._next_delay())
 
     def _next_delay(self) -> float:
         failing = self._machine.state is not HealthState.DOWN and self._machine.consecutive_failures

@@ -13,7 +13,7 @@ from rpc_datasource.health_state import ProbeResult
 def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
         parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return parsed if isinstance(parsed, dict) else None
 
@@ -24,7 +24,7 @@ def clock_skew_seconds(date_header: str | None, local_now: datetime) -> float | 
         return None
     try:
         agent_now = parsedate_to_datetime(date_header)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if agent_now.tzinfo is None:
         return None

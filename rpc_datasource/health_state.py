@@ -95,7 +95,11 @@ class HealthStateMachine:
         if self.state is HealthState.DOWN:
             actions |= Action.FIRE_RECOVERED | Action.CHECK_SCHEMA
         restarted = self.instance_id is not None and result.instance_id != self.instance_id
-        etag_changed = self.schema_etag is not None and result.schema_etag != self.schema_etag
+        etag_changed = (
+            self.schema_etag is not None
+            and result.schema_etag is not None
+            and result.schema_etag != self.schema_etag
+        )
         if restarted or etag_changed or self._schema_check_pending:
             actions |= Action.CHECK_SCHEMA
         self.instance_id = result.instance_id

@@ -24,15 +24,18 @@ class SchemaDiff:
         return ", ".join(parts) or "no collection or field added or removed"
 
 
+def _named(items: Any) -> list[dict[str, Any]]:
+    """The dict entries of a list that have a name; anything else is skipped."""
+    if not isinstance(items, list):
+        return []
+    return [item for item in items if isinstance(item, dict) and item.get("name") is not None]
+
+
 def _fields_by_collection(schema: dict[str, Any]) -> dict[str, set[str]]:
-    result: dict[str, set[str]] = {}
-    for collection in schema.get("collections", []):
-        if isinstance(collection, dict) and "name" in collection:
-            names = {
-                str(f.get("name")) for f in collection.get("fields", []) if isinstance(f, dict)
-            }
-            result[str(collection["name"])] = names
-    return result
+    return {
+        str(collection["name"]): {str(field["name"]) for field in _named(collection.get("fields"))}
+        for collection in _named(schema.get("collections"))
+    }
 
 
 def diff_schemas(old: dict[str, Any], new: dict[str, Any]) -> SchemaDiff:

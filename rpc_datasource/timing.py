@@ -39,4 +39,5 @@ def worst_case_detection(
 
 def reconnect_backoff(attempt: int, base: float = 2.0, cap: float = 30.0) -> float:
     """The legacy SSE client's reconnect delay: 2, 4, 8, 16, then 30 s (attempt counts from 1)."""
-    return min(cap, base * 2.0 ** (max(attempt, 1) - 1))
+    doublings = min(max(attempt, 1) - 1, 64)
+    return min(cap, base * 2.0**doublings)
