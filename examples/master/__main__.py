@@ -68,8 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     except SchemaFetchError as error:
         print(f"master: {error}", file=sys.stderr)
         return 1
+    app = create_master_app({name: datasource})
     try:
-        serve_until_signalled(create_master_app({name: datasource}), args.host, args.port)
+        try:
+            serve_until_signalled(app, args.host, args.port)
+        except OSError as error:
+            logger.warning(
+                "cannot serve /status on port %d (%s): using any free port", args.port, error
+            )
+            serve_until_signalled(app, args.host, 0)
     finally:
         datasource.close()
     return 0

@@ -33,7 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(args.db, settings)
     agent = app.extensions[EXTENSION_KEY]
     logger.info("schema ETag %s, instance %s", agent.schema_cache.current()[1], agent.instance_id)
-    serve_agent_until_signalled(app, agent, args.host, args.port)
+    try:
+        serve_agent_until_signalled(app, agent, args.host, args.port)
+    except OSError as error:
+        print(f"warehouse: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
