@@ -51,12 +51,15 @@ def signed_get(
     scheme: SignatureScheme = "v2",
     extra_headers: dict[str, str] | None = None,
 ) -> AgentResponse:
-    """One signed GET, freshly signed; gives up after `timeout` of connect or read silence."""
+    """One freshly signed GET, redirects not followed; gives up after `timeout` of silence."""
     headers = signed_headers(secret, target=request_target(url), scheme=scheme)
     headers.update(extra_headers or {})
     started = time.monotonic()
     try:
-        with session.get(url, headers=headers, timeout=(timeout, timeout), stream=True) as reply:
+        # A redirect is an answer of its own: following it would send our signature elsewhere.
+        with session.get(
+            url, headers=headers, timeout=(timeout, timeout), stream=True, allow_redirects=False
+        ) as reply:
             body = reply.raw.read(MAX_BODY_BYTES + 1, decode_content=True)
             elapsed = time.monotonic() - started
             if len(body) > MAX_BODY_BYTES:

@@ -54,7 +54,10 @@ class LiveServer:
 def start_server(app: Flask, port: int = 0) -> LiveServer:
     """Serve `app` on 127.0.0.1 (any free port unless given) in a thread."""
     server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="test-server", daemon=True)
+    # A short poll interval makes shutdown() return in milliseconds rather than half a second.
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="test-server", daemon=True
+    )
     thread.start()
     return LiveServer(server, thread)
 
