@@ -59,13 +59,17 @@ class RpcDatasource:
         self._session = new_session()
         self._lock = threading.Lock()
         self._closed = False
-        fetched = fetch_schema(
-            self._session,
-            settings.schema_url(),
-            self._secret,
-            timeout=settings.health_check_timeout,
-            scheme=settings.signature_scheme,
-        )
+        try:
+            fetched = fetch_schema(
+                self._session,
+                settings.schema_url(),
+                self._secret,
+                timeout=settings.health_check_timeout,
+                scheme=settings.signature_scheme,
+            )
+        except BaseException:
+            self._session.close()
+            raise
         assert fetched is not None, "an unconditional GET never answers 304"
         self._schema = fetched.schema
         self._etag = fetched.etag

@@ -107,7 +107,10 @@ class SseClient:
         while not self._closed:
             try:
                 self._follow_stream()
-            except (SseStreamError, requests.RequestException, Urllib3Error, OSError) as error:
+            except Exception as error:
+                # After close() the interrupted read may fail in any way: that is the end.
+                if self._closed:
+                    return
                 self._log_stream_error(error)
             if self._closed:
                 return
@@ -173,21 +176,30 @@ class SseClient:
             logger.exception("SSE client callback for %s raised", self.url)
 
     def _log_stream_error(self, error: BaseException) -> None:
-        if self._closed:
-            return
         if isinstance(error, SseStreamError):
             logger.debug("SSE stream %s refused: %s", self.url, error)
         elif isinstance(error, requests.ConnectionError | Urllib3Error | OSError):
             logger.debug("SSE connection to %s lost: %s", self.url, error)
         else:
-            logger.warning("SSE stream %s failed: %s", self.url, error)
+            logger.warning("SSE stream %s failed", self.url, exc_info=error)
+
+
+def _socket_of(response: requests.Response) -> socket.socket | None:
+    """The socket a streaming response reads from.
+
+    A keep-alive stream's socket hangs off urllib3's connection; after `Connection: close`,
+    http.client hands it to the response object instead (its file's raw `SocketIO`).
+    """
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    if sock is None:
+        socket_io = getattr(getattr(getattr(response.raw, "_fp", None), "fp", None), "raw", None)
+        sock = getattr(socket_io, "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 def _interrupt(response: requests.Response) -> None:
     """Shut the response's socket down so a read blocked in another thread returns now."""
-    connection = getattr(response.raw, "connection", None)
-    sock = getattr(connection, "sock", None)
+    sock = _socket_of(response)
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
-    response.close()

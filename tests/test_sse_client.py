@@ -1,0 +1,467 @@
+"""The legacy SseClient against a real agent (and a silent stand-in): signing, stop, reconnects."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from flask import Flask, Response, request
+
+from rpc_agent import AgentSettings, RpcAgent
+from rpc_common.signing import SignatureScheme
+from rpc_datasource.sse_client import SseClient
+from rpc_datasource.sse_parser import SseEvent
+from tests.support import OTHER_SECRET, TEST_SECRET, LiveServer, start_server
+
+DEADLINE = 10.0
+SSE_ROUTE = "/forest/sse"
+HEARTBEAT = "heartbeat"
+STOP = "RpcServerStop"
+THREAD_PREFIXES = ("rpc-health", "rpc-sse")
+FIRST_BACKOFF = 2.0
+BACKOFF_JITTER = 0.2
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = DEADLINE) -> bool:
+    """Poll `condition` every 20 ms until it holds or `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not condition():
+        if time.monotonic() >= deadline:
+            return condition()
+        pause.wait(0.02)
+    return True
+
+
+def lingering_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(THREAD_PREFIXES)]
+
+
+def sse_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("rpc-sse")]
+
+
+def stop_server(server: LiveServer) -> None:
+    """`LiveServer.stop`, without waiting out `serve_forever`'s 0.5 s poll: connections wake it."""
+    if server.thread.is_alive():
+        stopper = threading.Thread(target=server.server.shutdown, name="test-server-stop")
+        stopper.start()
+        while stopper.is_alive():
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", server.port), timeout=1),
+            ):
+                pass
+            stopper.join(0.02)
+    server.stop()
+
+
+class Recorder:
+    """The client's callbacks: every event, the RpcServerStop calls, and Events to wait on."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.events: list[SseEvent] = []
+        self.stops = 0
+        self.stopped = threading.Event()
+        self.heartbeat = threading.Event()
+
+    def on_event(self, event: SseEvent) -> None:
+        with self._lock:
+            self.events.append(event)
+        if event.event == HEARTBEAT:
+            self.heartbeat.set()
+
+    def on_rpc_stop(self) -> None:
+        with self._lock:
+            self.stops += 1
+        self.stopped.set()
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return [event.event for event in self.events]
+
+    def heartbeats(self) -> int:
+        return self.names().count(HEARTBEAT)
+
+    def stop_count(self) -> int:
+        with self._lock:
+            return self.stops
+
+
+class Agents:
+    """Real agents on one fixed port; `start` serves a new one (a restart) on that port."""
+
+    def __init__(self) -> None:
+        self.servers: list[LiveServer] = []
+        self.agents: list[RpcAgent] = []
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{SSE_ROUTE}"
+
+    @property
+    def agent(self) -> RpcAgent:
+        return self.agents[-1]
+
+    def start(self, **settings: Any) -> RpcAgent:
+        options: dict[str, Any] = {"auth_secret": TEST_SECRET, "sse_heartbeat_interval": 0.1}
+        options.update(settings)
+        app = Flask(__name__)
+        agent = RpcAgent(app, settings=AgentSettings(**options))
+        self.agents.append(agent)
+        self.servers.append(start_server(app, self.port))
+        self.port = self.servers[-1].port
+        return agent
+
+    def stop(self) -> None:
+        stop_server(self.servers[-1])
+
+    def close(self) -> None:
+        for agent in self.agents:
+            agent.begin_shutdown()  # ends any stream still open on the server side
+        for server in self.servers:
+            stop_server(server)
+
+
+@pytest.fixture(autouse=True)
+def _no_forest_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings are given in code here: no FOREST_* variable of the caller may leak in."""
+    for name in list(os.environ):
+        if name.upper().startswith("FOREST_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def _no_thread_left() -> Iterator[None]:
+    """Every client is closed by the end of its test: no client thread survives it."""
+    yield
+    assert wait_until(lambda: not lingering_threads(), 5.0), (
+        f"threads left running: {lingering_threads()}"
+    )
+
+
+@pytest.fixture
+def agents() -> Iterator[Agents]:
+    running = Agents()
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+OpenClient = Callable[..., tuple[SseClient, Recorder]]
+
+
+@pytest.fixture
+def open_client() -> Iterator[OpenClient]:
+    """Make started clients with recorded callbacks; every one is closed at teardown."""
+    opened: list[SseClient] = []
+
+    def make(
+        url: str, secret: str = TEST_SECRET, *, start: bool = True, **options: Any
+    ) -> tuple[SseClient, Recorder]:
+        recorder = Recorder()
+        arguments: dict[str, Any] = {
+            "on_rpc_stop": recorder.on_rpc_stop,
+            "on_event": recorder.on_event,
+            "heartbeat_interval": 0.1,
+            "connect_timeout": 2.0,
+            "rng": random.Random(0),
+        }
+        arguments.update(options)
+        client = SseClient(url, secret, **arguments)
+        opened.append(client)
+        if start:
+            client.start()
+        return client, recorder
+
+    try:
+        yield make
+    finally:
+        for client in opened:
+            client.close()
+
+
+# --- connecting ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scheme", "require_bound"),
+    [("v2", True), ("v1", False)],
+    ids=["bound-signature", "original-signature"],
+)
+def test_connects_signed_and_receives_heartbeats(
+    agents: Agents, open_client: OpenClient, scheme: SignatureScheme, require_bound: bool
+) -> None:
+    agent = agents.start(require_bound_signatures=require_bound)
+    client, recorder = open_client(agents.url, signature_scheme=scheme)
+
+    assert wait_until(lambda: recorder.heartbeats() >= 3)
+
+    assert set(recorder.names()) == {HEARTBEAT}
+    assert client.connection_attempts == 1
+    assert agent.sse_manager.current is not None
+    assert recorder.stop_count() == 0
+
+
+def test_begin_shutdown_calls_on_rpc_stop_once(agents: Agents, open_client: OpenClient) -> None:
+    agent = agents.start()
+    client, recorder = open_client(agents.url)
+    assert recorder.heartbeat.wait(DEADLINE)
+
+    agent.begin_shutdown()
+    assert recorder.stopped.wait(DEADLINE)
+    # The process then goes away; the client's next attempt finds nothing listening.
+    agents.stop()
+    assert wait_until(lambda: client.connection_attempts >= 2)
+
+    assert recorder.stop_count() == 1
+    assert recorder.names()[-1] == STOP
+    assert recorder.names().count(STOP) == 1
+
+
+def test_reconnects_to_a_restarted_agent_with_a_fresh_signature(
+    agents: Agents, open_client: OpenClient
+) -> None:
+    # A one-second clock window: a signature reused from the first connection would be refused.
+    agents.start(allowed_clock_skew=1.0)
+    client, recorder = open_client(agents.url)
+    assert recorder.heartbeat.wait(DEADLINE)
+
+    agents.agent.begin_shutdown()
+    assert recorder.stopped.wait(DEADLINE)
+    agents.stop()
+    new_agent = agents.start(allowed_clock_skew=1.0)
+    heard_before = recorder.heartbeats()
+
+    # The first reconnect waits about 2 s (+/- 20 %).
+    assert wait_until(lambda: recorder.heartbeats() >= heard_before + 2)
+    assert client.connection_attempts >= 2
+    assert new_agent.sse_manager.current is not None
+    assert recorder.stop_count() == 1
+
+
+def test_silence_longer_than_three_heartbeats_is_a_lost_connection(
+    open_client: OpenClient,
+) -> None:
+    release = threading.Event()
+    arrivals: list[float] = []
+    app = Flask(__name__)
+
+    @app.get(SSE_ROUTE)
+    def silent_stream() -> Response:
+        arrivals.append(time.monotonic())
+
+        def events() -> Iterator[str]:
+            yield 'event: heartbeat\ndata: ""\n\n'
+            release.wait(30)
+
+        return Response(events(), mimetype="text/event-stream")
+
+    server = start_server(app)
+    try:
+        client, recorder = open_client(f"{server.url}{SSE_ROUTE}", heartbeat_interval=0.1)
+        assert client.silence_timeout == pytest.approx(0.3)
+        assert recorder.heartbeat.wait(DEADLINE)
+
+        assert wait_until(lambda: client.connection_attempts >= 2)
+        assert wait_until(lambda: len(arrivals) >= 2)
+        assert wait_until(lambda: recorder.heartbeats() >= 2)
+        assert recorder.stop_count() == 0
+        client.close()
+    finally:
+        release.set()
+        stop_server(server)
+
+
+# --- refusals ------------------------------------------------------------------------------------
+
+
+def test_unauthorized_client_keeps_retrying_and_close_interrupts_the_backoff(
+    open_client: OpenClient,
+) -> None:
+    arrivals: list[float] = []
+    app = Flask(__name__)
+    agent = RpcAgent(
+        app, settings=AgentSettings(auth_secret=TEST_SECRET, sse_heartbeat_interval=0.1)
+    )
+
+    @app.before_request
+    def record_arrival() -> None:
+        if request.path == SSE_ROUTE:
+            arrivals.append(time.monotonic())
+
+    server = start_server(app)
+    try:
+        client, recorder = open_client(f"{server.url}{SSE_ROUTE}", OTHER_SECRET)
+
+        assert wait_until(lambda: len(arrivals) >= 2)
+        assert client.connection_attempts == 2
+        assert arrivals[1] - arrivals[0] >= FIRST_BACKOFF * (1 - BACKOFF_JITTER) - 0.05
+        assert agent.sse_manager.current is None
+        assert recorder.events == []
+        assert recorder.stop_count() == 0
+
+        # The client now waits about 4 s before its third attempt: close must not wait it out.
+        started = time.monotonic()
+        client.close()
+        elapsed = time.monotonic() - started
+        assert elapsed < 0.5, f"close() took {elapsed:.2f} s during the backoff"
+        assert not sse_threads()
+        assert len(arrivals) == 2
+    finally:
+        stop_server(server)
+
+
+# --- closing and starting ------------------------------------------------------------------------
+
+
+def test_close_with_the_stream_open_is_prompt_and_idempotent(
+    agents: Agents, open_client: OpenClient
+) -> None:
+    # Heartbeats 10 s apart and a 30 s silence timeout: the client's read is blocked.
+    agents.start(sse_heartbeat_interval=10)
+    client, recorder = open_client(agents.url, heartbeat_interval=10)
+    assert recorder.heartbeat.wait(DEADLINE)
+    assert client.silence_timeout == pytest.approx(30)
+
+    started = time.monotonic()
+    client.close()
+    elapsed = time.monotonic() - started
+
+    assert not sse_threads()
+    assert client.closed
+    client.close()
+    assert client.closed
+    assert client.connection_attempts == 1
+    assert elapsed < 1.0, f"close() took {elapsed:.2f} s with a stream open"
+
+
+def test_close_while_heartbeats_flow_ends_the_thread_cleanly(
+    agents: Agents, open_client: OpenClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crashes: list[str] = []
+
+    def record_crash(args: threading.ExceptHookArgs) -> None:
+        name = args.thread.name if args.thread is not None else "?"
+        crashes.append(f"{name}: {args.exc_type.__name__}: {args.exc_value}")
+
+    monkeypatch.setattr(threading, "excepthook", record_crash)
+    agents.start()
+    client, recorder = open_client(agents.url)
+    assert wait_until(lambda: recorder.heartbeats() >= 2)
+
+    client.close()
+
+    # close() joined the thread: had it died of an exception, the hook has seen it by now.
+    assert not sse_threads()
+    assert crashes == []
+
+
+def test_start_is_idempotent(agents: Agents, open_client: OpenClient) -> None:
+    agents.start()
+    client, recorder = open_client(agents.url, start=False)
+    assert not sse_threads()
+
+    client.start()
+    client.start()
+    assert recorder.heartbeat.wait(DEADLINE)
+    client.start()
+
+    assert len(sse_threads()) == 1
+    assert client.connection_attempts == 1
+
+
+def test_start_after_close_does_nothing(agents: Agents, open_client: OpenClient) -> None:
+    agent = agents.start()
+    client, recorder = open_client(agents.url, start=False)
+
+    client.close()
+    client.start()
+
+    assert client.closed
+    assert not sse_threads()
+    assert client.connection_attempts == 0
+    assert recorder.events == []
+    assert agent.sse_manager.current is None
+
+
+# --- callbacks that raise ------------------------------------------------------------------------
+
+
+def test_raising_on_rpc_stop_is_logged_and_the_client_keeps_running(
+    agents: Agents, open_client: OpenClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent = agents.start()
+    stop_called = threading.Event()
+
+    def explode() -> None:
+        stop_called.set()
+        raise RuntimeError("on_rpc_stop failure for the test")
+
+    client, recorder = open_client(agents.url, on_rpc_stop=explode)
+    assert recorder.heartbeat.wait(DEADLINE)
+
+    with caplog.at_level(logging.ERROR):
+        agent.begin_shutdown()
+        assert stop_called.wait(DEADLINE)
+        # The client goes on: it reconnects, to the agent that replaced the stopped one.
+        assert wait_until(lambda: recorder.names().count(STOP) >= 1)
+        agents.stop()
+        agents.start()
+        heard_before = recorder.heartbeats()
+        assert wait_until(lambda: recorder.heartbeats() >= heard_before + 1)
+
+    assert client.connection_attempts >= 2
+    raised = [r for r in caplog.records if r.exc_info and r.exc_info[0] is RuntimeError]
+    assert raised, "the callback's exception was not logged"
+    assert [t.name for t in sse_threads()] == ["rpc-sse-client"]
+
+
+def test_raising_on_event_is_logged_and_events_keep_coming(
+    agents: Agents, open_client: OpenClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    agents.start()
+    seen: list[SseEvent] = []
+
+    def explode(event: SseEvent) -> None:
+        seen.append(event)
+        raise RuntimeError("on_event failure for the test")
+
+    with caplog.at_level(logging.ERROR):
+        client, _ = open_client(agents.url, on_event=explode)
+        assert wait_until(lambda: len(seen) >= 3)
+
+    assert client.connection_attempts == 1
+    raised = [r for r in caplog.records if r.exc_info and r.exc_info[0] is RuntimeError]
+    assert len(raised) >= 3
+
+
+# --- constructor ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argument", "options"),
+    [
+        ("auth_secret", {"auth_secret": ""}),
+        ("heartbeat_interval", {"heartbeat_interval": 0}),
+        ("heartbeat_interval", {"heartbeat_interval": -1.0}),
+        ("connect_timeout", {"connect_timeout": 0}),
+    ],
+)
+def test_out_of_range_arguments_are_refused(argument: str, options: dict[str, Any]) -> None:
+    arguments: dict[str, Any] = {"url": "http://127.0.0.1:9/forest/sse", "auth_secret": "x" * 40}
+    arguments.update(options)
+
+    with pytest.raises(ValueError, match=argument):
+        SseClient(**arguments)
