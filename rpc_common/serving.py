@@ -15,6 +15,10 @@ from flask import Flask
 logger = logging.getLogger(__name__)
 
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+# cheroot's defaults (a listen backlog of 5, 10 idle keep-alive connections) make a polled
+# agent refuse connections and re-handshake nearly every probe once many clients watch it.
+LISTEN_BACKLOG = 128
+IDLE_KEEP_ALIVE_CONNECTIONS = 1024
 
 
 def serve_until_signalled(
@@ -37,7 +41,14 @@ def serve_until_signalled(
         stop_requested.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
-    server = wsgi.Server((host, port), app, numthreads=threads, server_name=app.name)
+    server = wsgi.Server(
+        (host, port),
+        app,
+        numthreads=threads,
+        server_name=app.name,
+        request_queue_size=LISTEN_BACKLOG,
+    )
+    server.keep_alive_conn_limit = IDLE_KEEP_ALIVE_CONNECTIONS
     try:
         # The server's threads inherit a mask that blocks the stop signals, so they reach
         # the main thread, whose wait they interrupt at once.

@@ -207,10 +207,12 @@ class HealthCheckClient:
         return result, reply.latency_s
 
     def _probe_and_react(self) -> None:
-        if self._closed:
-            return
-        self._idle.clear()
-        self._probing_thread = threading.get_ident()
+        with self._lock:
+            if self._closed:
+                return
+            # Marked busy under the lock, so a stop() that follows waits for this probe.
+            self._idle.clear()
+            self._probing_thread = threading.get_ident()
         try:
             result, latency = self._probe()
             with self._lock:
