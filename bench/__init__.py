@@ -1,0 +1,1 @@
+"""Benchmarks: many health clients in one process against real warehouse agents."""
