@@ -98,7 +98,11 @@ class ProbeScheduler:
                 if self._stopping:
                     return
             for due, job in due_jobs:
-                self._pool.submit(self._run, job, due)
+                try:
+                    self._pool.submit(self._run, job, due)
+                except RuntimeError:
+                    # The interpreter is exiting with clients still running: nothing to run on.
+                    return
 
     def _pop_due_jobs(self) -> list[tuple[float, ScheduledJob]]:
         now = time.monotonic()
