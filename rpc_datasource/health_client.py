@@ -9,8 +9,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from rpc_common.settings import MIN_SECRET_BYTES
 from rpc_common.signing import SignatureScheme
 from rpc_datasource.health_response import classify_health_response
 from rpc_datasource.health_state import (
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Callback = Callable[[], None]
-RECOMMENDED_SECRET_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,8 @@ class HealthCheckClient:
             raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
         if signature_scheme not in ("v1", "v2"):
             raise ValueError(f"signature_scheme must be 'v1' or 'v2', got {signature_scheme!r}")
-        if len(auth_secret.encode("utf-8")) < RECOMMENDED_SECRET_BYTES:
-            logger.warning("auth_secret for %s is shorter than %d bytes", url, 32)
+        if len(auth_secret.encode("utf-8")) < MIN_SECRET_BYTES:
+            logger.warning("auth_secret for %s is shorter than %d bytes", url, MIN_SECRET_BYTES)
         self.url = url
         self.polling_interval = float(polling_interval)
         self.failure_threshold = int(failure_threshold)
@@ -125,7 +125,7 @@ class HealthCheckClient:
         settings: DatasourceSettings,
         on_server_down: Callback | None = None,
         on_server_recovered: Callback | None = None,
-        **options: object,
+        **options: Any,
     ) -> HealthCheckClient:
         """A client for `settings.health_url()` with the settings' interval, threshold, timeout."""
         return cls(
@@ -137,7 +137,7 @@ class HealthCheckClient:
             on_server_down=on_server_down,
             on_server_recovered=on_server_recovered,
             signature_scheme=settings.signature_scheme,
-            **options,  # type: ignore[arg-type]
+            **options,
         )
 
     @property
