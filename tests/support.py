@@ -1,20 +1,31 @@
-"""Test helpers: the test-only secret, signed headers, and real servers on 127.0.0.1."""
+"""Test helpers: the test-only secret, signed headers, agents and real servers on 127.0.0.1,
+polling, free ports and the library's threads."""
 
 from __future__ import annotations
 
+import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
-from flask import Flask
+from flask import Flask, Response, jsonify
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from rpc_agent import AgentSettings, RpcAgent, SchemaProvider
 from rpc_common.signing import SignatureScheme, signed_headers
 
 # TEST VALUE ONLY: never use this secret outside the test suite.
 TEST_SECRET = "test-only-secret-not-for-production-0123456789"
 OTHER_SECRET = "another-test-only-secret-not-for-production-99"
+
+HEALTH_PATH = "/forest/health"
+
+# Names of the threads the datasource side starts (health scheduler and workers, SSE client).
+LIBRARY_THREAD_PREFIXES = ("rpc-health", "rpc-sse")
+POLL_S = 0.01
 
 
 def signed(
@@ -26,6 +37,57 @@ def signed(
 ) -> dict[str, str]:
     """Signature headers for one request to `target` (path and query)."""
     return signed_headers(secret, method=method, target=target, scheme=scheme)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll `condition` every 10 ms until it holds or `timeout` seconds pass; whether it held."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not condition():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return condition()
+        pause.wait(min(POLL_S, remaining))
+    return True
+
+
+def library_threads(*prefixes: str) -> list[str]:
+    """Names of the live threads whose name starts with one of `prefixes`
+    (by default every thread the library starts: rpc-health*, rpc-sse*)."""
+    wanted = prefixes or LIBRARY_THREAD_PREFIXES
+    return [t.name for t in threading.enumerate() if t.name.startswith(wanted) and t.is_alive()]
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def agent_app(
+    schema_provider: SchemaProvider | None = None, **settings: Any
+) -> tuple[Flask, RpcAgent]:
+    """A Flask app with an RpcAgent on TEST_SECRET; `settings` add to or override that."""
+    app = Flask(__name__)
+    options: dict[str, Any] = {"auth_secret": TEST_SECRET, **settings}
+    agent = RpcAgent(app, settings=AgentSettings(**options), schema_provider=schema_provider)
+    return app, agent
+
+
+class HangingApp:
+    """A health route that blocks until released (or a long safety limit passes)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.app = Flask(__name__)
+        self.app.add_url_rule(HEALTH_PATH, "health", self._hang)
+
+    def _hang(self) -> Response:
+        self.entered.set()
+        self.release.wait(30)
+        return jsonify(status="ok", instance_id="late")
 
 
 @dataclass

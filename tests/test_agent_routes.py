@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta, timezone
@@ -18,7 +17,7 @@ from werkzeug.test import TestResponse
 
 from rpc_agent import AgentSettings, RpcAgent
 from rpc_common.signing import sign_bound, sign_original, signed_headers
-from tests.support import OTHER_SECRET, TEST_SECRET, signed
+from tests.support import OTHER_SECRET, TEST_SECRET, agent_app, signed
 
 ROUTES = ["/forest/health", "/forest/rpc-schema", "/forest/sse"]
 REASONS = {"missing_headers", "malformed_timestamp", "timestamp_out_of_window", "bad_signature"}
@@ -38,23 +37,10 @@ PRODUCTS_SCHEMA: dict[str, Any] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _no_forest_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Settings are given in code here: no FOREST_* variable of the caller may leak in."""
-    for name in list(os.environ):
-        if name.startswith("FOREST_"):
-            monkeypatch.delenv(name)
-
-
 def make_agent(
     schema_provider: Callable[[], Mapping[str, Any]] | None = None, **overrides: Any
 ) -> tuple[Flask, RpcAgent, FlaskClient]:
-    app = Flask(__name__)
-    agent = RpcAgent(
-        app,
-        settings=AgentSettings(auth_secret=TEST_SECRET, **overrides),
-        schema_provider=schema_provider or (lambda: PRODUCTS_SCHEMA),
-    )
+    app, agent = agent_app(schema_provider or (lambda: PRODUCTS_SCHEMA), **overrides)
     return app, agent, app.test_client()
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import socket
 import statistics
 import threading
@@ -15,9 +14,8 @@ from dataclasses import dataclass, field
 
 import pytest
 import requests
-from flask import Flask
 
-from rpc_agent import AgentSettings, RpcAgent
+from rpc_agent import RpcAgent
 from rpc_agent.sse import (
     HEARTBEAT_EVENT,
     STOP_EVENT,
@@ -26,31 +24,12 @@ from rpc_agent.sse import (
     StreamEnd,
     format_event,
 )
-from tests.support import TEST_SECRET, LiveServer, live_server, signed
+from tests.support import LiveServer, agent_app, live_server, signed, wait_until
 
 SSE = "/forest/sse"
 TIMEOUT = (2, 5)
 DEADLINE = 5.0
 STOP_DATA = {"event": "RpcServerStop"}
-
-
-@pytest.fixture(autouse=True)
-def _no_forest_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Settings are given in code here: no FOREST_* variable of the caller may leak in."""
-    for name in list(os.environ):
-        if name.startswith("FOREST_"):
-            monkeypatch.delenv(name)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = DEADLINE) -> bool:
-    """Poll `condition` every 50 ms until it holds or `timeout` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not condition():
-        if time.monotonic() >= deadline:
-            return condition()
-        pause.wait(0.05)
-    return True
 
 
 @dataclass
@@ -133,9 +112,7 @@ def serve() -> Iterator[Callable[..., Served]]:
     with ExitStack() as stack:
 
         def start(heartbeat: float = 0.2) -> Served:
-            app = Flask(__name__)
-            settings = AgentSettings(auth_secret=TEST_SECRET, sse_heartbeat_interval=heartbeat)
-            agent = RpcAgent(app, settings=settings)
+            app, agent = agent_app(sse_heartbeat_interval=heartbeat)
             served = Served(agent, stack.enter_context(live_server(app)))
             started.append(served)
             return served
@@ -151,7 +128,7 @@ def serve() -> Iterator[Callable[..., Served]]:
     def leftovers() -> set[threading.Thread]:
         return {thread for thread in threading.enumerate() if thread.is_alive()} - before
 
-    assert wait_until(lambda: not leftovers()), f"threads left behind: {leftovers()}"
+    assert wait_until(lambda: not leftovers(), DEADLINE), f"threads left behind: {leftovers()}"
 
 
 # --- against a real server ----------------------------------------------------------------
@@ -247,7 +224,7 @@ def test_shutdown_sends_stop_and_ends_the_stream(serve: Callable[..., Served]) -
     assert [event.name for event in rest] == [STOP_EVENT]
     assert json.loads(rest[0].data) == STOP_DATA
     assert rest[0].at - asked < DEADLINE
-    assert wait_until(lambda: served.agent.sse_manager.current is None)
+    assert wait_until(lambda: served.agent.sse_manager.current is None, DEADLINE)
 
     health = requests.get(
         served.url("/forest/health"), headers=signed("/forest/health"), timeout=TIMEOUT
@@ -264,7 +241,7 @@ def test_stream_opened_after_shutdown_gets_stop_at_once(serve: Callable[..., Ser
         events = EventReader(response).read_to_end()
     assert [event.name for event in events] == [STOP_EVENT]
     assert json.loads(events[0].data) == STOP_DATA
-    assert wait_until(lambda: served.agent.sse_manager.current is None)
+    assert wait_until(lambda: served.agent.sse_manager.current is None, DEADLINE)
 
 
 def test_client_that_closes_its_response_is_cleaned_up(serve: Callable[..., Served]) -> None:
@@ -274,7 +251,9 @@ def test_client_that_closes_its_response_is_cleaned_up(serve: Callable[..., Serv
         assert EventReader(response).read(1)[0].name == HEARTBEAT_EVENT
         connection = manager.current
         assert connection is not None
-    assert wait_until(lambda: manager.current is None), "the manager still holds the stream"
+    assert wait_until(lambda: manager.current is None, DEADLINE), (
+        "the manager still holds the stream"
+    )
     # The agent still serves a new stream afterwards.
     with served.open_stream() as again:
         assert EventReader(again).read(1)[0].name == HEARTBEAT_EVENT
@@ -299,7 +278,9 @@ def test_client_that_drops_its_socket_is_cleaned_up(serve: Callable[..., Served]
             received += chunk
         assert received.startswith(b"HTTP/1.1 200")
         assert manager.current is not None
-    assert wait_until(lambda: manager.current is None), "the manager still holds the stream"
+    assert wait_until(lambda: manager.current is None, DEADLINE), (
+        "the manager still holds the stream"
+    )
 
 
 def test_head_request_leaves_no_stream_registered(serve: Callable[..., Served]) -> None:
@@ -308,7 +289,7 @@ def test_head_request_leaves_no_stream_registered(serve: Callable[..., Served]) 
     response = requests.head(served.url(SSE), headers=signed(SSE, method="HEAD"), timeout=TIMEOUT)
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/event-stream")
-    assert wait_until(lambda: served.agent.sse_manager.current is None), (
+    assert wait_until(lambda: served.agent.sse_manager.current is None, DEADLINE), (
         "a HEAD request left a phantom SSE connection registered"
     )
 

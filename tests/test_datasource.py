@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import socket
 import threading
-import time
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import requests
-from flask import Flask, request
+from flask import request
 
-from rpc_agent import AgentSettings, RpcAgent
 from rpc_datasource import ConfigurationError, RpcDatasource, SchemaFetchError
-from tests.support import OTHER_SECRET, TEST_SECRET, LiveServer, signed, start_server
+from tests.support import (
+    OTHER_SECRET,
+    TEST_SECRET,
+    LiveServer,
+    agent_app,
+    free_port,
+    library_threads,
+    signed,
+    start_server,
+    wait_until,
+)
 
 DEADLINE = 10.0
 FAST_INTERVAL = 0.1
 SLOW_INTERVAL = 0.5
 TIMEOUT = 0.5
-THREAD_PREFIXES = ("rpc-health", "rpc-sse")
 SCHEMA_ROUTE = "/forest/rpc-schema"
 SHORT_SECRET = "short-secret-XYZZY-42"
 
@@ -40,49 +44,12 @@ def migrated_schema() -> dict[str, Any]:
     return products_schema("price")
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = DEADLINE) -> bool:
-    """Poll `condition` every 20 ms until it holds or `timeout` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not condition():
-        if time.monotonic() >= deadline:
-            return condition()
-        pause.wait(0.02)
-    return True
-
-
-def lingering_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith(THREAD_PREFIXES)]
-
-
 def wait_for_probes(datasource: RpcDatasource, count: int, timeout: float = DEADLINE) -> None:
     """Wait until the datasource's health client has made `count` more probes."""
     start = datasource.health.stats().probes
     assert wait_until(lambda: datasource.health.stats().probes >= start + count, timeout), (
         f"fewer than {count} probes after {start} within {timeout} s"
     )
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def stop_server(server: LiveServer) -> None:
-    """`LiveServer.stop`, without waiting out `serve_forever`'s 0.5 s poll: connections wake it."""
-    if server.thread.is_alive():
-        stopper = threading.Thread(target=server.server.shutdown, name="test-server-stop")
-        stopper.start()
-        while stopper.is_alive():
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", server.port), timeout=1),
-            ):
-                pass
-            stopper.join(0.02)
-    server.stop()
 
 
 class Recorder:
@@ -139,22 +106,17 @@ class Agents:
         self.holder = {"schema": schema}
         self.schema_requests: list[str | None] = []
         holder, schema_requests = self.holder, self.schema_requests
-        app = Flask(__name__)
+        app, self.agent = agent_app(lambda: holder["schema"], sse_heartbeat_interval=0.1)
 
         @app.before_request
         def record_schema_requests() -> None:
             if request.path == SCHEMA_ROUTE:
                 schema_requests.append(request.headers.get("If-None-Match"))
 
-        self.agent = RpcAgent(
-            app,
-            settings=AgentSettings(auth_secret=TEST_SECRET, sse_heartbeat_interval=0.1),
-            schema_provider=lambda: holder["schema"],
-        )
         self.servers.append(start_server(app, self.port))
 
     def stop(self) -> None:
-        stop_server(self.servers[-1])
+        self.servers[-1].stop()
 
     def restart(self, schema: dict[str, Any]) -> None:
         self.stop()
@@ -168,24 +130,7 @@ class Agents:
 
     def close(self) -> None:
         for server in self.servers:
-            stop_server(server)
-
-
-@pytest.fixture(autouse=True)
-def _no_forest_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No FOREST_* variable of the caller may leak into these tests."""
-    for name in list(os.environ):
-        if name.upper().startswith("FOREST_"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture(autouse=True)
-def _no_thread_left() -> Iterator[None]:
-    """Every datasource is closed by the end of its test: no poller thread survives it."""
-    yield
-    assert wait_until(lambda: not lingering_threads(), 5.0), (
-        f"threads left running: {lingering_threads()}"
-    )
+            server.stop()
 
 
 @pytest.fixture
@@ -547,14 +492,14 @@ def test_raising_schema_callback_is_logged_and_polling_goes_on(
 def test_close_is_idempotent_and_stops_the_poller(open_datasource: OpenDatasource) -> None:
     datasource, _ = open_datasource()
     wait_for_probes(datasource, 1)
-    assert lingering_threads()
+    assert library_threads()
 
     datasource.close()
     datasource.close()
 
     assert datasource.closed
     assert datasource.health.closed
-    assert wait_until(lambda: not lingering_threads(), 5.0), lingering_threads()
+    assert wait_until(lambda: not library_threads(), 5.0), library_threads()
 
 
 def test_context_manager_closes(agents: Agents) -> None:
@@ -569,4 +514,4 @@ def test_context_manager_closes(agents: Agents) -> None:
 
     assert datasource.closed
     assert datasource.health.closed
-    assert wait_until(lambda: not lingering_threads(), 5.0), lingering_threads()
+    assert wait_until(lambda: not library_threads(), 5.0), library_threads()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -17,28 +16,25 @@ from flask import Flask, Response, jsonify
 from rpc_agent import AgentSettings, RpcAgent
 from rpc_datasource import HealthCheckClient, HealthStats
 from rpc_datasource.scheduler import shared_scheduler
-from tests.support import OTHER_SECRET, TEST_SECRET, LiveServer, live_server, start_server
+from tests.support import (
+    HEALTH_PATH,
+    OTHER_SECRET,
+    TEST_SECRET,
+    HangingApp,
+    LiveServer,
+    agent_app,
+    free_port,
+    library_threads,
+    live_server,
+    start_server,
+    wait_until,
+)
 
-HEALTH_PATH = "/forest/health"
 CLIENT_LOGGER = "rpc_datasource.health_client"
 WAIT_S = 10.0
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def rpc_health_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("rpc-health") and t.is_alive()]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> bool:
-    """Poll `predicate` until it holds or `timeout` passes; whether it held."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
 
 
 def wait_for_probes(client: HealthCheckClient, count: int, timeout: float = WAIT_S) -> HealthStats:
@@ -47,13 +43,6 @@ def wait_for_probes(client: HealthCheckClient, count: int, timeout: float = WAIT
         f"only {client.stats().probes} probes, wanted {count}"
     )
     return client.stats()
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 nothing listens on (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Counter:
@@ -77,8 +66,7 @@ class CountingAgent:
     """A real agent whose app records each health request's arrival and can be made to fail."""
 
     def __init__(self, **settings: Any) -> None:
-        self.app = Flask(__name__)
-        self.agent = RpcAgent(self.app, settings=AgentSettings(auth_secret=TEST_SECRET, **settings))
+        self.app, self.agent = agent_app(**settings)
         self.fail_with: int | None = None
         self.hits: list[tuple[float, bool]] = []  # (monotonic arrival, answered a failure)
         self._lock = threading.Lock()
@@ -107,14 +95,6 @@ class Switch:
         return self.current(environ, start_response)
 
 
-@pytest.fixture(autouse=True)
-def _no_rpc_health_threads_left() -> Iterator[None]:
-    yield
-    assert wait_until(lambda: not rpc_health_threads(), 5.0), (
-        f"health threads still alive: {[t.name for t in rpc_health_threads()]}"
-    )
-
-
 @pytest.fixture
 def make_client() -> Iterator[Callable[..., HealthCheckClient]]:
     """Builds clients and stops every one of them at teardown."""
@@ -128,11 +108,6 @@ def make_client() -> Iterator[Callable[..., HealthCheckClient]]:
     yield build
     for client in made:
         client.stop()
-
-
-def agent_app(**settings: Any) -> tuple[Flask, RpcAgent]:
-    app = Flask(__name__)
-    return app, RpcAgent(app, settings=AgentSettings(auth_secret=TEST_SECRET, **settings))
 
 
 FAST: dict[str, Any] = {"polling_interval": 0.05, "timeout": 1.0}
@@ -210,7 +185,7 @@ def test_a_new_client_has_not_probed() -> None:
         assert stats.state == "unknown"
         assert (stats.probes, stats.failures, stats.consecutive_failures) == (0, 0, 0)
         assert stats.last_error is None
-        assert rpc_health_threads() == []
+        assert library_threads("rpc-health") == []
     finally:
         client.stop()
 
@@ -230,19 +205,19 @@ def test_start_is_idempotent_and_stop_ends_polling(
         client.start()
         client.start()
         assert wait_until(lambda: len(counting.snapshot()) >= 8)
-        assert len([t for t in rpc_health_threads() if t.name == "rpc-health-scheduler"]) == 1
+        assert library_threads("rpc-health").count("rpc-health-scheduler") == 1
 
         client.stop()
         client.stop()
         assert client.closed is True
         assert shared_scheduler.current() is None
-        assert wait_until(lambda: not rpc_health_threads(), 5.0)
+        assert wait_until(lambda: not library_threads("rpc-health"), 5.0)
         hits_after_stop = len(counting.snapshot())
 
         client.start()  # a stopped client stays stopped
         assert client.closed is True
         assert shared_scheduler.current() is None
-        assert rpc_health_threads() == []
+        assert library_threads("rpc-health") == []
         assert len(counting.snapshot()) == hits_after_stop
 
     # One poller with no jitter: each probe starts a full interval after the previous one
@@ -297,7 +272,7 @@ def test_closed_port_fires_down_once_and_keeps_failing(
     down = Counter(on_down)
     recovered = Counter()
     client = make_client(
-        f"http://127.0.0.1:{closed_port()}{HEALTH_PATH}",
+        f"http://127.0.0.1:{free_port()}{HEALTH_PATH}",
         failure_threshold=3,
         on_server_down=down,
         on_server_recovered=recovered,
@@ -459,21 +434,6 @@ def test_wrong_secret_is_a_failure_naming_the_agents_reason(
 # --- timeouts --------------------------------------------------------------------------------
 
 
-class HangingApp:
-    """A health route that blocks until released (or a long safety limit passes)."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.entered = threading.Event()
-        self.app = Flask(__name__)
-        self.app.add_url_rule(HEALTH_PATH, "health", self._hang)
-
-    def _hang(self) -> Response:
-        self.entered.set()
-        self.release.wait(30)
-        return jsonify(status="ok", instance_id="late")
-
-
 def test_timeout_is_a_failure_and_stop_returns_within_about_timeout(
     make_client: Callable[..., HealthCheckClient],
 ) -> None:
@@ -562,7 +522,7 @@ def test_callbacks_run_without_the_clients_lock(
     client: HealthCheckClient
     down = Counter(lambda: seen.append(client.stats()))
     client = make_client(
-        f"http://127.0.0.1:{closed_port()}{HEALTH_PATH}",
+        f"http://127.0.0.1:{free_port()}{HEALTH_PATH}",
         failure_threshold=1,
         on_server_down=down,
         **FAST,
@@ -585,7 +545,7 @@ def test_stop_from_inside_a_callback_returns(
 
     down = Counter(stop_myself)
     client = make_client(
-        f"http://127.0.0.1:{closed_port()}{HEALTH_PATH}",
+        f"http://127.0.0.1:{free_port()}{HEALTH_PATH}",
         failure_threshold=1,
         on_server_down=down,
         **FAST,
@@ -594,7 +554,7 @@ def test_stop_from_inside_a_callback_returns(
     assert down.event.wait(WAIT_S)
     assert stopped.wait(WAIT_S), "stop() inside a callback did not return"
     assert client.closed is True
-    assert wait_until(lambda: not rpc_health_threads(), 5.0)
+    assert wait_until(lambda: not library_threads("rpc-health"), 5.0)
     assert down.calls == 1
 
 

@@ -6,8 +6,6 @@ import gzip
 import hashlib
 import hmac
 import json
-import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +18,7 @@ from rpc_common.signing import parse_timestamp, verify_request
 from rpc_datasource import HealthCheckClient
 from rpc_datasource.health_state import ProbeKind
 from rpc_datasource.http import MAX_BODY_BYTES, AgentRequestError, new_session, signed_get
-from tests.support import OTHER_SECRET, TEST_SECRET
+from tests.support import OTHER_SECRET, TEST_SECRET, library_threads
 
 BASE = "http://agent.test:5001"
 HEALTH_URL = f"{BASE}/forest/health"
@@ -31,19 +29,6 @@ HEALTH_BODY: dict[str, Any] = {
     "schema_etag": '"etag-1"',
     "uptime_s": 12.5,
 }
-
-
-def rpc_health_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("rpc-health") and t.is_alive()]
-
-
-@pytest.fixture(autouse=True)
-def _no_rpc_health_threads_left() -> Iterator[None]:
-    yield
-    deadline = time.monotonic() + 5.0
-    while rpc_health_threads() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not rpc_health_threads(), [t.name for t in rpc_health_threads()]
 
 
 @pytest.fixture
@@ -196,7 +181,7 @@ def test_probe_now_starts_no_threads(
     mocked.get(HEALTH_URL, json=HEALTH_BODY)
     client = make_client()
     client.probe_now()
-    assert rpc_health_threads() == []
+    assert library_threads("rpc-health") == []
     assert client.stats().probes == 0  # a diagnostic probe leaves the state machine alone
 
 

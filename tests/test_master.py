@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask
 
 from examples.master import DatasourceEventLog, create_master_app
-from rpc_agent import AgentSettings, RpcAgent
 from rpc_datasource import RpcDatasource
-from tests.support import TEST_SECRET, LiveServer, start_server
+from tests.support import TEST_SECRET, LiveServer, agent_app, start_server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,15 +25,9 @@ def schema_with(*product_fields: str) -> dict[str, Any]:
     return {"collections": [{"name": "products", "fields": fields}], "charts": []}
 
 
-def agent_app(schema: dict[str, Any]) -> Flask:
-    app = Flask("agent")
-    RpcAgent(app, settings=AgentSettings(auth_secret=TEST_SECRET), schema_provider=lambda: schema)
-    return app
-
-
 @pytest.fixture
 def agent_server() -> Iterator[LiveServer]:
-    server = start_server(agent_app(schema_with("name")))
+    server = start_server(agent_app(lambda: schema_with("name"))[0])
     yield server
     server.stop()
 
@@ -90,7 +82,7 @@ def test_event_lines_and_status_through_an_outage_with_a_migration(
         port = agent_server.port
         agent_server.stop()
         assert went_down.wait(20)
-        restarted = start_server(agent_app(schema_with("name", "weight_grams")), port)
+        restarted = start_server(agent_app(lambda: schema_with("name", "weight_grams"))[0], port)
         assert reloaded.wait(20)
         messages = [record.getMessage() for record in caplog.records]
         down = [m for m in messages if "warehouse DOWN" in m]

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 
 import pytest
-from flask import Flask, Response, jsonify
 
-from rpc_agent import AgentSettings, RpcAgent
 from rpc_datasource import HealthCheckClient
 from rpc_datasource.scheduler import (
     DEFAULT_MAX_WORKERS,
@@ -20,31 +17,18 @@ from rpc_datasource.scheduler import (
     configure_shared_scheduler,
     shared_scheduler,
 )
-from tests.support import TEST_SECRET, live_server
+from tests.support import (
+    HEALTH_PATH,
+    TEST_SECRET,
+    HangingApp,
+    agent_app,
+    free_port,
+    library_threads,
+    live_server,
+    wait_until,
+)
 
-HEALTH_PATH = "/forest/health"
 WAIT_S = 10.0
-
-
-def rpc_health_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("rpc-health") and t.is_alive()]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
-
-
-@pytest.fixture(autouse=True)
-def _no_rpc_health_threads_left() -> Iterator[None]:
-    yield
-    assert wait_until(lambda: not rpc_health_threads(), 5.0), (
-        f"health threads still alive: {[t.name for t in rpc_health_threads()]}"
-    )
 
 
 @pytest.fixture
@@ -54,12 +38,6 @@ def scheduler() -> Iterator[ProbeScheduler]:
         yield running
     finally:
         running.stop()
-
-
-def agent_app() -> Flask:
-    app = Flask(__name__)
-    RpcAgent(app, settings=AgentSettings(auth_secret=TEST_SECRET))
-    return app
 
 
 def total_probes_reach(clients: list[HealthCheckClient], count: int) -> bool:
@@ -152,12 +130,12 @@ def test_a_stopped_scheduler_ends_its_threads_and_takes_no_more_jobs() -> None:
     running.schedule(ScheduledJob(ran.set, name="once"), 0.0)
     assert ran.wait(WAIT_S)
     running.stop()
-    assert wait_until(lambda: not rpc_health_threads(), 5.0)
+    assert wait_until(lambda: not library_threads("rpc-health"), 5.0)
 
     late = threading.Event()
     running.schedule(ScheduledJob(late.set, name="after-stop"), 0.0)  # ignored, no error
     assert not late.is_set()
-    assert rpc_health_threads() == []
+    assert library_threads("rpc-health") == []
 
 
 @pytest.mark.parametrize("max_workers", [0, -1])
@@ -172,21 +150,20 @@ def test_configure_shared_scheduler_refuses_no_workers(max_workers: int) -> None
 
 
 def test_clients_share_one_scheduler_that_ends_with_the_last_one() -> None:
-    with live_server(agent_app()) as server:
+    with live_server(agent_app()[0]) as server:
         url = server.url + HEALTH_PATH
         first = HealthCheckClient(url, TEST_SECRET, polling_interval=0.05, timeout=1.0)
         second = HealthCheckClient(url, TEST_SECRET, polling_interval=0.05, timeout=1.0)
         clients = [first, second]
         try:
-            assert rpc_health_threads() == []
+            assert library_threads("rpc-health") == []
             first.start()
             running = shared_scheduler.current()
             assert running is not None
             second.start()
             assert shared_scheduler.current() is running
             assert wait_until(lambda: first.stats().probes >= 2 and second.stats().probes >= 2)
-            schedulers = [t for t in rpc_health_threads() if t.name == "rpc-health-scheduler"]
-            assert len(schedulers) == 1
+            assert library_threads("rpc-health").count("rpc-health-scheduler") == 1
 
             first.stop()
             assert shared_scheduler.current() is running  # one user left
@@ -195,14 +172,14 @@ def test_clients_share_one_scheduler_that_ends_with_the_last_one() -> None:
 
             second.stop()
             assert shared_scheduler.current() is None
-            assert wait_until(lambda: not rpc_health_threads(), 5.0)
+            assert wait_until(lambda: not library_threads("rpc-health"), 5.0)
         finally:
             stop_all(clients)
 
 
 def test_200_clients_use_a_bounded_set_of_threads() -> None:
     bound = 1 + DEFAULT_MAX_WORKERS
-    with live_server(agent_app()) as server:
+    with live_server(agent_app()[0]) as server:
         url = server.url + HEALTH_PATH
         clients = [
             HealthCheckClient(url, TEST_SECRET, polling_interval=0.2, timeout=1.0)
@@ -216,20 +193,20 @@ def test_200_clients_use_a_bounded_set_of_threads() -> None:
             for _ in range(8):
                 assert wait_until(partial(total_probes_reach, clients, total + 100))
                 total = sum(c.stats().probes for c in clients)
-                counts.append(len(rpc_health_threads()))
+                counts.append(len(library_threads("rpc-health")))
             assert max(counts) <= bound, counts
             assert min(counts) >= 2, counts  # the scheduler and at least one worker
         finally:
             stop_all(clients)
     assert all(client.closed for client in clients)
     assert shared_scheduler.current() is None
-    assert wait_until(lambda: not rpc_health_threads(), 5.0), [t.name for t in rpc_health_threads()]
+    assert wait_until(lambda: not library_threads("rpc-health"), 5.0), library_threads("rpc-health")
 
 
 def test_a_configured_pool_bound_is_used_at_the_next_start() -> None:
     configure_shared_scheduler(max_workers=2)
     try:
-        with live_server(agent_app()) as server:
+        with live_server(agent_app()[0]) as server:
             url = server.url + HEALTH_PATH
             clients = [
                 HealthCheckClient(url, TEST_SECRET, polling_interval=0.05, timeout=1.0)
@@ -241,7 +218,7 @@ def test_a_configured_pool_bound_is_used_at_the_next_start() -> None:
                 counts: list[int] = []
                 for round_ in range(1, 4):
                     assert wait_until(partial(each_probed, clients, round_))
-                    counts.append(len(rpc_health_threads()))
+                    counts.append(len(library_threads("rpc-health")))
                 assert max(counts) <= 1 + 2, counts
             finally:
                 stop_all(clients)
@@ -250,24 +227,9 @@ def test_a_configured_pool_bound_is_used_at_the_next_start() -> None:
     assert shared_scheduler.max_workers == DEFAULT_MAX_WORKERS
 
 
-class HangingApp:
-    """A health route that blocks until released (or a long safety limit passes)."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.entered = threading.Event()
-        self.app = Flask(__name__)
-        self.app.add_url_rule(HEALTH_PATH, "health", self._hang)
-
-    def _hang(self) -> Response:
-        self.entered.set()
-        self.release.wait(30)
-        return jsonify(status="ok", instance_id="late")
-
-
 def test_a_hanging_agent_does_not_hold_up_probes_to_a_healthy_one() -> None:
     hanging = HangingApp()
-    with live_server(hanging.app) as slow_server, live_server(agent_app()) as healthy_server:
+    with live_server(hanging.app) as slow_server, live_server(agent_app()[0]) as healthy_server:
         stuck = HealthCheckClient(
             slow_server.url + HEALTH_PATH, TEST_SECRET, polling_interval=0.05, timeout=1.0
         )
@@ -298,11 +260,11 @@ def test_stopping_the_last_client_from_inside_a_callback_does_not_deadlock() -> 
         clients[1].stop()
         stopped.set()
 
-    with live_server(agent_app()) as server:
+    with live_server(agent_app()[0]) as server:
         url = server.url + HEALTH_PATH
         other = HealthCheckClient(url, TEST_SECRET, polling_interval=0.05, timeout=1.0)
         last = HealthCheckClient(
-            url.replace(f":{server.port}", f":{_closed_port()}"),
+            url.replace(f":{server.port}", f":{free_port()}"),
             TEST_SECRET,
             polling_interval=0.05,
             timeout=1.0,
@@ -318,13 +280,6 @@ def test_stopping_the_last_client_from_inside_a_callback_does_not_deadlock() -> 
             assert stopped.wait(WAIT_S), "stop() from inside on_server_down did not return"
             assert last.closed is True
             assert shared_scheduler.current() is None
-            assert wait_until(lambda: not rpc_health_threads(), 5.0)
+            assert wait_until(lambda: not library_threads("rpc-health"), 5.0)
         finally:
             stop_all(clients)
-
-
-def _closed_port() -> int:
-    """A port on 127.0.0.1 nothing listens on (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])

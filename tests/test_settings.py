@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,15 +13,6 @@ from tests.support import OTHER_SECRET, TEST_SECRET
 
 SHORT_SECRET = "tooshort-XYZZY"
 SECRET_VAR = "FOREST_AUTH_SECRET"
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No FOREST_* variable from the surrounding shell leaks into these tests."""
-    for name in list(os.environ):
-        if name.upper().startswith("FOREST_"):
-            monkeypatch.delenv(name)
-    yield
 
 
 def _refusal(**kwargs: Any) -> ValidationError:

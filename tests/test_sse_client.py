@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,53 +12,26 @@ from typing import Any
 import pytest
 from flask import Flask, Response, request
 
-from rpc_agent import AgentSettings, RpcAgent
+from rpc_agent import RpcAgent
 from rpc_common.signing import SignatureScheme
 from rpc_datasource.sse_client import SseClient
 from rpc_datasource.sse_parser import SseEvent
-from tests.support import OTHER_SECRET, TEST_SECRET, LiveServer, start_server
+from tests.support import (
+    OTHER_SECRET,
+    TEST_SECRET,
+    LiveServer,
+    agent_app,
+    library_threads,
+    start_server,
+    wait_until,
+)
 
 DEADLINE = 10.0
 SSE_ROUTE = "/forest/sse"
 HEARTBEAT = "heartbeat"
 STOP = "RpcServerStop"
-THREAD_PREFIXES = ("rpc-health", "rpc-sse")
 FIRST_BACKOFF = 2.0
 BACKOFF_JITTER = 0.2
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = DEADLINE) -> bool:
-    """Poll `condition` every 20 ms until it holds or `timeout` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not condition():
-        if time.monotonic() >= deadline:
-            return condition()
-        pause.wait(0.02)
-    return True
-
-
-def lingering_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith(THREAD_PREFIXES)]
-
-
-def sse_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("rpc-sse")]
-
-
-def stop_server(server: LiveServer) -> None:
-    """`LiveServer.stop`, without waiting out `serve_forever`'s 0.5 s poll: connections wake it."""
-    if server.thread.is_alive():
-        stopper = threading.Thread(target=server.server.shutdown, name="test-server-stop")
-        stopper.start()
-        while stopper.is_alive():
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", server.port), timeout=1),
-            ):
-                pass
-            stopper.join(0.02)
-    server.stop()
 
 
 class Recorder:
@@ -114,40 +84,21 @@ class Agents:
         return self.agents[-1]
 
     def start(self, **settings: Any) -> RpcAgent:
-        options: dict[str, Any] = {"auth_secret": TEST_SECRET, "sse_heartbeat_interval": 0.1}
-        options.update(settings)
-        app = Flask(__name__)
-        agent = RpcAgent(app, settings=AgentSettings(**options))
+        options: dict[str, Any] = {"sse_heartbeat_interval": 0.1, **settings}
+        app, agent = agent_app(**options)
         self.agents.append(agent)
         self.servers.append(start_server(app, self.port))
         self.port = self.servers[-1].port
         return agent
 
     def stop(self) -> None:
-        stop_server(self.servers[-1])
+        self.servers[-1].stop()
 
     def close(self) -> None:
         for agent in self.agents:
             agent.begin_shutdown()  # ends any stream still open on the server side
         for server in self.servers:
-            stop_server(server)
-
-
-@pytest.fixture(autouse=True)
-def _no_forest_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Settings are given in code here: no FOREST_* variable of the caller may leak in."""
-    for name in list(os.environ):
-        if name.upper().startswith("FOREST_"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture(autouse=True)
-def _no_thread_left() -> Iterator[None]:
-    """Every client is closed by the end of its test: no client thread survives it."""
-    yield
-    assert wait_until(lambda: not lingering_threads(), 5.0), (
-        f"threads left running: {lingering_threads()}"
-    )
+            server.stop()
 
 
 @pytest.fixture
@@ -281,7 +232,7 @@ def test_silence_longer_than_three_heartbeats_is_a_lost_connection(
         client.close()
     finally:
         release.set()
-        stop_server(server)
+        server.stop()
 
 
 # --- refusals ------------------------------------------------------------------------------------
@@ -291,10 +242,7 @@ def test_unauthorized_client_keeps_retrying_and_close_interrupts_the_backoff(
     open_client: OpenClient,
 ) -> None:
     arrivals: list[float] = []
-    app = Flask(__name__)
-    agent = RpcAgent(
-        app, settings=AgentSettings(auth_secret=TEST_SECRET, sse_heartbeat_interval=0.1)
-    )
+    app, agent = agent_app(sse_heartbeat_interval=0.1)
 
     @app.before_request
     def record_arrival() -> None:
@@ -317,10 +265,10 @@ def test_unauthorized_client_keeps_retrying_and_close_interrupts_the_backoff(
         client.close()
         elapsed = time.monotonic() - started
         assert elapsed < 0.5, f"close() took {elapsed:.2f} s during the backoff"
-        assert not sse_threads()
+        assert not library_threads("rpc-sse")
         assert len(arrivals) == 2
     finally:
-        stop_server(server)
+        server.stop()
 
 
 # --- closing and starting ------------------------------------------------------------------------
@@ -339,7 +287,7 @@ def test_close_with_the_stream_open_is_prompt_and_idempotent(
     client.close()
     elapsed = time.monotonic() - started
 
-    assert not sse_threads()
+    assert not library_threads("rpc-sse")
     assert client.closed
     client.close()
     assert client.closed
@@ -364,21 +312,21 @@ def test_close_while_heartbeats_flow_ends_the_thread_cleanly(
     client.close()
 
     # close() joined the thread: had it died of an exception, the hook has seen it by now.
-    assert not sse_threads()
+    assert not library_threads("rpc-sse")
     assert crashes == []
 
 
 def test_start_is_idempotent(agents: Agents, open_client: OpenClient) -> None:
     agents.start()
     client, recorder = open_client(agents.url, start=False)
-    assert not sse_threads()
+    assert not library_threads("rpc-sse")
 
     client.start()
     client.start()
     assert recorder.heartbeat.wait(DEADLINE)
     client.start()
 
-    assert len(sse_threads()) == 1
+    assert len(library_threads("rpc-sse")) == 1
     assert client.connection_attempts == 1
 
 
@@ -390,7 +338,7 @@ def test_start_after_close_does_nothing(agents: Agents, open_client: OpenClient)
     client.start()
 
     assert client.closed
-    assert not sse_threads()
+    assert not library_threads("rpc-sse")
     assert client.connection_attempts == 0
     assert recorder.events == []
     assert agent.sse_manager.current is None
@@ -425,7 +373,7 @@ def test_raising_on_rpc_stop_is_logged_and_the_client_keeps_running(
     assert client.connection_attempts >= 2
     raised = [r for r in caplog.records if r.exc_info and r.exc_info[0] is RuntimeError]
     assert raised, "the callback's exception was not logged"
-    assert [t.name for t in sse_threads()] == ["rpc-sse-client"]
+    assert library_threads("rpc-sse") == ["rpc-sse-client"]
 
 
 def test_raising_on_event_is_logged_and_events_keep_coming(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import pytest
 import requests
 
 from examples.warehouse.database import PRODUCTS, add_column
-from tests.support import TEST_SECRET, signed
+from tests.support import TEST_SECRET, free_port, signed
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HEALTH = "/forest/health"
@@ -34,13 +33,6 @@ STARTUP_DEADLINE = 15.0
 EXIT_DEADLINE = 15.0
 HEARTBEAT_INTERVAL = "0.2"
 REQUEST_TIMEOUT = 5.0
-
-
-def free_port() -> int:
-    """A port that was free a moment ago on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def warehouse_env(secret: str | None = TEST_SECRET) -> dict[str, str]:
