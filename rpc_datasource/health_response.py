@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 from rpc_datasource.health_state import ProbeResult
-
-
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
-    return parsed if isinstance(parsed, dict) else None
+from rpc_datasource.http import json_object
 
 
 def clock_skew_seconds(date_header: str | None, local_now: datetime) -> float | None:
@@ -45,7 +37,7 @@ def classify_health_response(
     status: int, body: bytes, date_header: str | None, local_now: datetime
 ) -> ProbeResult:
     """A success only for a 2xx whose JSON has status "ok" and a string instance_id."""
-    parsed = _json_object(body)
+    parsed = json_object(body)
     if parsed is not None and parsed.get("status") == "shutting_down":
         return ProbeResult.shutting_down(f"HTTP {status}: agent is shutting down")
     if status == 401:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -27,6 +29,15 @@ class AgentResponse:
     headers: dict[str, str]
     body: bytes
     latency_s: float
+
+
+def json_object(body: bytes) -> dict[str, Any] | None:
+    """An answer's body as a JSON object; None for anything else, however malformed."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return parsed if isinstance(parsed, dict) else None
 
 
 def request_target(url: str) -> str:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 
 from rpc_common.signing import SignatureScheme
-from rpc_datasource.http import AgentRequestError, signed_get
+from rpc_datasource.http import AgentRequestError, json_object, signed_get
 
 
 class SchemaFetchError(Exception):
@@ -47,18 +46,12 @@ def fetch_schema(
         raise SchemaFetchError(
             f"cannot read the schema at {url}: {_describe_refusal(reply.status, reply.body)}"
         )
-    try:
-        schema = json.loads(reply.body)
-    except (ValueError, UnicodeDecodeError):
-        schema = None
-    if not isinstance(schema, dict) or not isinstance(schema.get("collections"), list):
+    schema = json_object(reply.body)
+    if schema is None or not isinstance(schema.get("collections"), list):
         raise SchemaFetchError(f"cannot read the schema at {url}: the answer is not a schema")
     return FetchedSchema(schema, reply.headers.get("ETag"))
 
 
 def _describe_refusal(status: int, body: bytes) -> str:
-    try:
-        reason = json.loads(body).get("reason")
-    except (ValueError, UnicodeDecodeError, AttributeError):
-        reason = None
+    reason = (json_object(body) or {}).get("reason")
     return f"HTTP {status}" + (f" ({reason})" if reason else "")
