@@ -10,10 +10,9 @@ import uuid
 from collections.abc import Iterator
 from enum import StrEnum
 
-logger = logging.getLogger(__name__)
+from rpc_common.sse_protocol import HEARTBEAT_EVENT, STOP_EVENT
 
-HEARTBEAT_EVENT = "heartbeat"
-STOP_EVENT = "RpcServerStop"
+logger = logging.getLogger(__name__)
 
 
 def format_event(event: str, data: str) -> str:

@@ -14,9 +14,10 @@ from pydantic import ValidationError
 
 from rpc_common.settings import ConfigurationError, describe_validation_error
 from rpc_common.signing import SignatureScheme
+from rpc_datasource.callbacks import call_logged
 from rpc_datasource.health_client import Callback, HealthCheckClient
 from rpc_datasource.http import new_session
-from rpc_datasource.schema_fetch import fetch_schema
+from rpc_datasource.schema_fetch import FetchedSchema, fetch_schema
 from rpc_datasource.settings import DatasourceSettings
 
 logger = logging.getLogger(__name__)
@@ -60,13 +61,7 @@ class RpcDatasource:
         self._lock = threading.Lock()
         self._closed = False
         try:
-            fetched = fetch_schema(
-                self._session,
-                settings.schema_url(),
-                self._secret,
-                timeout=settings.health_check_timeout,
-                scheme=settings.signature_scheme,
-            )
+            fetched = self._fetch_schema(if_none_match=None)
         except BaseException:
             self._session.close()
             raise
@@ -163,16 +158,19 @@ class RpcDatasource:
     ) -> None:
         self.close()
 
-    def _check_schema(self) -> None:
-        """Fetch the schema if its ETag moved; swap it in and notify only if it changed."""
-        fetched = fetch_schema(
+    def _fetch_schema(self, if_none_match: str | None) -> FetchedSchema | None:
+        return fetch_schema(
             self._session,
             self.settings.schema_url(),
             self._secret,
             timeout=self.settings.health_check_timeout,
             scheme=self.settings.signature_scheme,
-            if_none_match=self.schema_etag,
+            if_none_match=if_none_match,
         )
+
+    def _check_schema(self) -> None:
+        """Fetch the schema if its ETag moved; swap it in and notify only if it changed."""
+        fetched = self._fetch_schema(if_none_match=self.schema_etag)
         if fetched is None:
             logger.info("schema of %s unchanged (304)", self.settings.rpc_uri)
             return
@@ -186,8 +184,4 @@ class RpcDatasource:
             logger.info("schema of %s unchanged", self.settings.rpc_uri)
             return
         logger.info("schema of %s reloaded (ETag %s)", self.settings.rpc_uri, fetched.etag)
-        if self.on_schema_change is not None:
-            try:
-                self.on_schema_change(fetched.schema)
-            except Exception:
-                logger.exception("on_schema_change callback raised")
+        call_logged(logger, "on_schema_change callback", self.on_schema_change, fetched.schema)

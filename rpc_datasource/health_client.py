@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from rpc_common.settings import MIN_SECRET_BYTES
 from rpc_common.signing import SignatureScheme
+from rpc_datasource.callbacks import call_logged
 from rpc_datasource.health_response import classify_health_response
 from rpc_datasource.health_state import (
     Action,
@@ -267,14 +268,7 @@ class HealthCheckClient:
                 self._machine.schema_check_failed()
 
     def _call(self, name: str, callback: Callback | None) -> bool:
-        if callback is None:
-            return True
-        try:
-            callback()
-        except Exception:
-            logger.exception("%s callback for %s raised; polling goes on", name, self.url)
-            return False
-        return True
+        return call_logged(logger, f"{name} callback for {self.url}", callback)
 
 
 class _MutableStats:

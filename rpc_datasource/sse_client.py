@@ -14,14 +14,14 @@ import requests
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from rpc_common.signing import SignatureScheme, signed_headers
+from rpc_common.sse_protocol import HEARTBEAT_EVENT, STOP_EVENT
+from rpc_datasource.callbacks import call_logged
 from rpc_datasource.http import new_session, request_target
 from rpc_datasource.sse_parser import SseEvent, SseParser
 from rpc_datasource.timing import jittered, reconnect_backoff
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT_EVENT = "heartbeat"
-STOP_EVENT = "RpcServerStop"
 SILENCE_HEARTBEATS = 3
 BACKOFF_JITTER = 0.2
 
@@ -160,20 +160,10 @@ class SseClient:
             self._failures_in_a_row = 0
         elif event.event == STOP_EVENT:
             logger.warning("%s announced RpcServerStop", self.url)
-            self._call(self.on_rpc_stop)
+            call_logged(logger, f"on_rpc_stop callback for {self.url}", self.on_rpc_stop)
         else:
             logger.debug("ignoring SSE event %r from %s", event.event, self.url)
-        if self.on_event is not None:
-            on_event = self.on_event
-            self._call(lambda: on_event(event))
-
-    def _call(self, callback: Callable[[], None] | None) -> None:
-        if callback is None:
-            return
-        try:
-            callback()
-        except Exception:
-            logger.exception("SSE client callback for %s raised", self.url)
+        call_logged(logger, f"on_event callback for {self.url}", self.on_event, event)
 
     def _log_stream_error(self, error: BaseException) -> None:
         if isinstance(error, SseStreamError):

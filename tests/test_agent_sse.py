@@ -16,14 +16,8 @@ import pytest
 import requests
 
 from rpc_agent import RpcAgent
-from rpc_agent.sse import (
-    HEARTBEAT_EVENT,
-    STOP_EVENT,
-    SseConnection,
-    SseConnectionManager,
-    StreamEnd,
-    format_event,
-)
+from rpc_agent.sse import SseConnection, SseConnectionManager, StreamEnd, format_event
+from rpc_common.sse_protocol import HEARTBEAT_EVENT, STOP_EVENT
 from tests.support import LiveServer, agent_app, live_server, signed, wait_until
 
 SSE = "/forest/sse"
