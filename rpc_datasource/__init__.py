@@ -2,17 +2,27 @@
 
 from rpc_common.settings import ConfigurationError
 from rpc_datasource.datasource import RpcDatasource
-from rpc_datasource.health_client import HealthCheckClient, HealthStats
-from rpc_datasource.health_state import HealthState
+from rpc_datasource.endpoint import AgentEndpoint
+from rpc_datasource.events import ProbeEvent, get_probe_hooks, set_probe_hooks
+from rpc_datasource.health_client import HealthCheckClient
+from rpc_datasource.health_state import FailureReason, HealthState
+from rpc_datasource.policy import ProbePolicy
 from rpc_datasource.schema_fetch import SchemaFetchError
 from rpc_datasource.settings import DatasourceSettings
+from rpc_datasource.stats import HealthStats
 
 __all__ = [
+    "AgentEndpoint",
     "ConfigurationError",
     "DatasourceSettings",
+    "FailureReason",
     "HealthCheckClient",
     "HealthState",
     "HealthStats",
+    "ProbeEvent",
+    "ProbePolicy",
     "RpcDatasource",
     "SchemaFetchError",
+    "get_probe_hooks",
+    "set_probe_hooks",
 ]

@@ -1,7 +1,8 @@
-"""`RpcDatasource`: the master's view of one agent's schema, kept fresh by health polling."""
+"""`RpcDatasource`: the master's view of one agent's schema, kept fresh by health probes."""
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import threading
@@ -14,10 +15,12 @@ from pydantic import ValidationError
 
 from rpc_common.settings import ConfigurationError, describe_validation_error
 from rpc_common.signing import SignatureScheme
-from rpc_datasource.callbacks import call_logged
+from rpc_datasource.endpoint import AgentEndpoint
+from rpc_datasource.engine import Engine, shared_engine
+from rpc_datasource.events import ProbeEvent
 from rpc_datasource.health_client import Callback, HealthCheckClient
-from rpc_datasource.http import new_session
-from rpc_datasource.schema_fetch import FetchedSchema, fetch_schema
+from rpc_datasource.schema_fetch import FetchedSchema, SchemaFetchError, fetch_schema
+from rpc_datasource.schema_refresh import SchemaRefreshDecision
 from rpc_datasource.settings import DatasourceSettings
 
 logger = logging.getLogger(__name__)
@@ -56,25 +59,35 @@ class RpcDatasource:
     ) -> None:
         self.settings = settings
         self.on_schema_change = on_schema_change
-        self._secret = settings.auth_secret.get_secret_value()
-        self._session = new_session()
+        self.endpoint = AgentEndpoint.from_settings(settings)
         self._lock = threading.Lock()
         self._closed = False
+        self._engine: Engine = shared_engine.acquire()
         try:
-            fetched = self._fetch_schema(if_none_match=None)
+            fetched = self._engine.run(
+                fetch_schema(self._engine.session, self.endpoint),
+                timeout=settings.health_check_timeout + 1.0,
+            )
+        except TimeoutError as error:
+            shared_engine.release()
+            raise SchemaFetchError(
+                f"cannot read the schema at {self.endpoint.schema_url}: {error}"
+            ) from None
         except BaseException:
-            self._session.close()
+            shared_engine.release()
             raise
         assert fetched is not None, "an unconditional GET never answers 304"
         self._schema = fetched.schema
         self._etag = fetched.etag
+        self._refresh = SchemaRefreshDecision(fetched.etag)
+        self._fetching: asyncio.Task[None] | None = None
+        self._last_fetch_failed = False
         self.reloads = 0
         self.health = HealthCheckClient.from_settings(
             settings,
             on_server_down=on_server_down,
             on_server_recovered=on_server_recovered,
-            on_schema_check=self._check_schema,
-            known_schema_etag=fetched.etag,
+            hooks=(self._on_probe,),
         )
         _open_datasources.add(self)
         self.health.start()
@@ -138,13 +151,16 @@ class RpcDatasource:
         return self._closed
 
     def close(self) -> None:
-        """Stop watching the agent (idempotent)."""
+        """Stop watching the agent (idempotent); returns at once, whatever the agent does."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
         self.health.stop()
-        self._session.close()
+        fetching = self._fetching
+        if fetching is not None:
+            self._engine.loop.call_soon_threadsafe(fetching.cancel)
+        shared_engine.release()
         _open_datasources.discard(self)
 
     def __enter__(self) -> RpcDatasource:
@@ -158,30 +174,44 @@ class RpcDatasource:
     ) -> None:
         self.close()
 
-    def _fetch_schema(self, if_none_match: str | None) -> FetchedSchema | None:
-        return fetch_schema(
-            self._session,
-            self.settings.schema_url(),
-            self._secret,
-            timeout=self.settings.health_check_timeout,
-            scheme=self.settings.signature_scheme,
-            if_none_match=if_none_match,
-        )
-
-    def _check_schema(self) -> None:
-        """Fetch the schema if its ETag moved; swap it in and notify only if it changed."""
-        fetched = self._fetch_schema(if_none_match=self.schema_etag)
-        if fetched is None:
-            logger.info("schema of %s unchanged (304)", self.settings.rpc_uri)
+    def _on_probe(self, event: ProbeEvent) -> None:
+        """A probe hook, on the engine's loop: start a schema fetch when one is due."""
+        if self._closed or not self._refresh.wants_fetch(event):
             return
+        if self._fetching is not None and not self._fetching.done():
+            self._refresh.ask_again()
+            return
+        self._fetching = asyncio.get_running_loop().create_task(self._fetch_and_apply())
+
+    async def _fetch_and_apply(self) -> None:
+        """Fetch the schema if its ETag moved; swap it in and notify only if it changed."""
+        uri = self.settings.rpc_uri
+        try:
+            fetched = await fetch_schema(self._engine.session, self.endpoint, self.schema_etag)
+        except SchemaFetchError as error:
+            self._refresh.ask_again()
+            level = logging.DEBUG if self._last_fetch_failed else logging.WARNING
+            self._last_fetch_failed = True
+            logger.log(level, "%s; will ask again at the next successful probe", error)
+            return
+        self._last_fetch_failed = False
+        if fetched is None:
+            self._refresh.fetched(self.schema_etag)
+            logger.info("schema of %s unchanged (304)", uri)
+            return
+        self._refresh.fetched(fetched.etag)
+        if not self._swap_in(fetched):
+            logger.info("schema of %s unchanged", uri)
+            return
+        logger.info("schema of %s reloaded (ETag %s)", uri, fetched.etag)
+        self.health.queue_callback("on_schema_change", self.on_schema_change, fetched.schema)
+
+    def _swap_in(self, fetched: FetchedSchema) -> bool:
+        """Take the fetched schema and ETag; whether the content changed."""
         with self._lock:
             changed = fetched.schema != self._schema
             self._etag = fetched.etag
             if changed:
                 self._schema = fetched.schema
                 self.reloads += 1
-        if not changed:
-            logger.info("schema of %s unchanged", self.settings.rpc_uri)
-            return
-        logger.info("schema of %s reloaded (ETag %s)", self.settings.rpc_uri, fetched.etag)
-        call_logged(logger, "on_schema_change callback", self.on_schema_change, fetched.schema)
+            return changed

@@ -1,35 +1,25 @@
-"""`HealthCheckClient`: polls an agent's /health on the shared scheduler and fires callbacks."""
+"""`HealthCheckClient`: the threaded API; watches one agent on the shared engine."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from rpc_common.settings import MIN_SECRET_BYTES
 from rpc_common.signing import SignatureScheme
-from rpc_datasource.callbacks import call_logged
-from rpc_datasource.health_response import classify_health_response
-from rpc_datasource.health_state import (
-    Action,
-    HealthState,
-    HealthStateMachine,
-    ProbeKind,
-    ProbeResult,
-)
-from rpc_datasource.http import AgentRequestError, new_session, signed_get
-from rpc_datasource.scheduler import ProbeScheduler, ScheduledJob, shared_scheduler
-from rpc_datasource.timing import (
-    default_failure_retry_interval,
-    first_probe_delay,
-    jittered,
-    worst_case_detection,
-)
+from rpc_datasource.callbacks import OrderedCallbacks
+from rpc_datasource.endpoint import AgentEndpoint
+from rpc_datasource.engine import Engine, Spawned, new_session, shared_engine
+from rpc_datasource.events import ProbeEvent, ProbeHook
+from rpc_datasource.health_state import ProbeResult
+from rpc_datasource.policy import ProbePolicy
+from rpc_datasource.probe import ProbeOutcome, probe_health
+from rpc_datasource.probe_logging import log_probe_event
+from rpc_datasource.stats import HealthStats, StatsRecorder
+from rpc_datasource.watcher import HealthWatcher
 
 if TYPE_CHECKING:
     from rpc_datasource.settings import DatasourceSettings
@@ -39,29 +29,12 @@ logger = logging.getLogger(__name__)
 Callback = Callable[[], None]
 
 
-@dataclass(frozen=True)
-class HealthStats:
-    """Counters for operators: a snapshot of one client's view of its agent."""
-
-    state: str
-    state_since: datetime
-    probes: int
-    failures: int
-    consecutive_failures: int
-    last_latency_s: float | None
-    last_error: str | None
-    outage_started: datetime | None
-    last_outage_s: float | None
-    outage_probes: int
-
-
-def _check_positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{name} must be greater than 0, got {value!r}")
-
-
 class HealthCheckClient:
-    """Polls one agent; `on_server_down` once per outage, `on_server_recovered` once after it."""
+    """Polls one agent; `on_server_down` once per outage, `on_server_recovered` once after it.
+
+    Probes run as coroutines on the process's one engine thread; callbacks run on a small
+    callback pool, in order for each client, never on the engine's loop.
+    """
 
     def __init__(
         self,
@@ -73,52 +46,42 @@ class HealthCheckClient:
         on_server_down: Callback | None = None,
         on_server_recovered: Callback | None = None,
         *,
-        on_schema_check: Callback | None = None,
         failure_retry_interval: float | None = None,
         jitter: float = 0.1,
+        recovery_threshold: int = 1,
         signature_scheme: SignatureScheme = "v2",
-        known_schema_etag: str | None = None,
+        hooks: Sequence[ProbeHook] = (),
         rng: random.Random | None = None,
     ) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"url must be an http(s) URL, got {url!r}")
-        if not auth_secret:
-            raise ValueError("auth_secret must not be empty")
-        _check_positive("polling_interval", polling_interval)
-        _check_positive("timeout", timeout)
-        if isinstance(failure_threshold, bool) or failure_threshold < 1:
-            raise ValueError(f"failure_threshold must be at least 1, got {failure_threshold!r}")
-        if failure_retry_interval is None:
-            failure_retry_interval = default_failure_retry_interval(polling_interval)
-        _check_positive("failure_retry_interval", failure_retry_interval)
-        if not 0 <= jitter < 1:
-            raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
-        if signature_scheme not in ("v1", "v2"):
-            raise ValueError(f"signature_scheme must be 'v1' or 'v2', got {signature_scheme!r}")
-        if len(auth_secret.encode("utf-8")) < MIN_SECRET_BYTES:
-            logger.warning("auth_secret for %s is shorter than %d bytes", url, MIN_SECRET_BYTES)
+        self.policy = ProbePolicy(
+            polling_interval=polling_interval,
+            failure_threshold=failure_threshold,
+            timeout=timeout,
+            failure_retry_interval=failure_retry_interval,
+            jitter=jitter,
+            recovery_threshold=recovery_threshold,
+        )
+        self.endpoint = AgentEndpoint.from_health_url(
+            url, auth_secret, scheme=signature_scheme, timeout=float(timeout)
+        )
+        if self.endpoint.secret_is_short:
+            logger.warning("auth_secret for %s is shorter than 32 bytes", url)
         self.url = url
-        self.polling_interval = float(polling_interval)
-        self.failure_threshold = int(failure_threshold)
-        self.timeout = float(timeout)
-        self.failure_retry_interval = float(failure_retry_interval)
-        self.jitter = jitter
         self.on_server_down = on_server_down
         self.on_server_recovered = on_server_recovered
-        self.on_schema_check = on_schema_check
-        self._secret = auth_secret
-        self._scheme: SignatureScheme = signature_scheme
-        self._rng = rng or random.Random()
-        self._machine = HealthStateMachine(failure_threshold, known_schema_etag)
-        self._session = new_session()
+        self._stats = StatsRecorder()
+        self._callbacks = OrderedCallbacks(logger, url)
+        self._watcher = HealthWatcher(
+            url,
+            self.policy,
+            self._probe_on_engine,
+            (self._stats, log_probe_event, self._fire_callbacks, *hooks),
+            rng=rng,
+        )
         self._lock = threading.Lock()
-        self._idle = threading.Event()
-        self._idle.set()
-        self._probing_thread: int | None = None
-        self._job = ScheduledJob(self._probe_and_react, name=url)
-        self._scheduler: ProbeScheduler | None = None
+        self._engine: Engine | None = None
+        self._task: Spawned | None = None
         self._closed = False
-        self._stats = _MutableStats(state_since=datetime.now(UTC))
 
     @classmethod
     def from_settings(
@@ -137,9 +100,30 @@ class HealthCheckClient:
             timeout=settings.health_check_timeout,
             on_server_down=on_server_down,
             on_server_recovered=on_server_recovered,
+            recovery_threshold=settings.health_check_recovery_threshold,
             signature_scheme=settings.signature_scheme,
             **options,
         )
+
+    @property
+    def polling_interval(self) -> float:
+        return self.policy.polling_interval
+
+    @property
+    def failure_threshold(self) -> int:
+        return self.policy.failure_threshold
+
+    @property
+    def timeout(self) -> float:
+        return self.policy.timeout
+
+    @property
+    def failure_retry_interval(self) -> float:
+        return self.policy.retry_interval
+
+    @property
+    def jitter(self) -> float:
+        return self.policy.jitter
 
     @property
     def closed(self) -> bool:
@@ -148,21 +132,15 @@ class HealthCheckClient:
     @property
     def detection_bound_s(self) -> float:
         """The longest an outage can go unnoticed (see `timing.worst_case_detection`)."""
-        return worst_case_detection(
-            self.polling_interval,
-            self.failure_retry_interval,
-            self.failure_threshold,
-            self.timeout,
-            self.jitter,
-        )
+        return self.policy.detection_bound_s
 
     def start(self) -> None:
         """Begin polling (idempotent; a stopped client stays stopped)."""
         with self._lock:
-            if self._closed or self._scheduler is not None:
+            if self._closed or self._engine is not None:
                 return
-            self._scheduler = shared_scheduler.acquire()
-            self._scheduler.schedule(self._job, first_probe_delay(self.polling_interval, self._rng))
+            self._engine = shared_engine.acquire()
+            self._task = self._engine.spawn(self._watcher.run())
         logger.info(
             "watching %s every %g s (down after %d failures, within %.1f s)",
             self.url,
@@ -172,156 +150,48 @@ class HealthCheckClient:
         )
 
     def stop(self) -> None:
-        """Stop polling; waits for an in-flight probe at most about `timeout` (idempotent)."""
+        """Stop polling at once: the probe in flight is cancelled, no callback starts after.
+
+        A callback already running is left to finish on its own; stop() never waits for it.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._job.cancel()
-            scheduler, self._scheduler = self._scheduler, None
-        if self._probing_thread != threading.get_ident():
-            self._idle.wait(self.timeout + 1.0)
-        if scheduler is not None:
-            shared_scheduler.release()
-        self._session.close()
+            task, self._task = self._task, None
+        self._callbacks.close()
+        if task is not None:
+            task.cancel()
+            shared_engine.release()
         logger.info("stopped watching %s", self.url)
 
     def stats(self) -> HealthStats:
         """A consistent snapshot of the counters."""
-        with self._lock:
-            return self._stats.snapshot(self._machine)
+        return self._stats.snapshot()
 
     def probe_now(self) -> ProbeResult:
-        """One probe, synchronously, without touching the state machine (for diagnostics)."""
-        return self._probe()[0]
+        """One probe, on the calling thread, without touching the state (for diagnostics)."""
 
-    def _probe(self) -> tuple[ProbeResult, float | None]:
-        try:
-            reply = signed_get(
-                self._session, self.url, self._secret, timeout=self.timeout, scheme=self._scheme
-            )
-        except AgentRequestError as error:
-            return ProbeResult.failed(str(error)), None
-        result = classify_health_response(
-            reply.status, reply.body, reply.headers.get("Date"), datetime.now(UTC)
-        )
-        return result, reply.latency_s
+        async def probe_once() -> ProbeOutcome:
+            async with new_session() as session:
+                return await probe_health(session, self.endpoint)
 
-    def _probe_and_react(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            # Marked busy under the lock, so a stop() that follows waits for this probe.
-            self._idle.clear()
-            self._probing_thread = threading.get_ident()
-        try:
-            result, latency = self._probe()
-            with self._lock:
-                if self._closed:
-                    return
-                actions = self._machine.observe(result)
-                self._stats.record(result, latency, actions, self._machine)
-            self._log_outcome(result, actions)
-            self._run_callbacks(actions)
-        finally:
-            self._schedule_next()
-            self._probing_thread = None
-            self._idle.set()
+        return asyncio.run(probe_once())[0]
 
-    def _schedule_next(self) -> None:
-        with self._lock:
-            if self._scheduler is not None and not self._closed:
-                self._scheduler.schedule(self._job, self._next_delay())
-
-    def _next_delay(self) -> float:
-        failing = self._machine.state is not HealthState.DOWN and self._machine.consecutive_failures
-        base = self.failure_retry_interval if failing else self.polling_interval
-        return jittered(base, self.jitter, self._rng)
-
-    def _log_outcome(self, result: ProbeResult, actions: Action) -> None:
-        if Action.FIRE_DOWN in actions:
-            logger.warning(
-                "%s is down after %d failed probe(s): %s",
-                self.url,
-                self._machine.consecutive_failures,
-                result.cause,
-            )
-        elif result.kind is not ProbeKind.OK:
-            logger.info(
-                "%s probe failed (%d in a row): %s",
-                self.url,
-                self._machine.consecutive_failures,
-                result.cause,
-            )
-        if Action.FIRE_RECOVERED in actions:
-            logger.warning("%s recovered", self.url)
-
-    def _run_callbacks(self, actions: Action) -> None:
-        if Action.FIRE_DOWN in actions:
-            self._call("on_server_down", self.on_server_down)
-        if Action.FIRE_RECOVERED in actions:
-            self._call("on_server_recovered", self.on_server_recovered)
-        if Action.CHECK_SCHEMA in actions and not self._call(
-            "on_schema_check", self.on_schema_check
-        ):
-            with self._lock:
-                self._machine.schema_check_failed()
-
-    def _call(self, name: str, callback: Callback | None) -> bool:
-        return call_logged(logger, f"{name} callback for {self.url}", callback)
-
-
-class _MutableStats:
-    """The client's counters, updated under its lock."""
-
-    def __init__(self, state_since: datetime) -> None:
-        self.state = HealthState.UNKNOWN
-        self.state_since = state_since
-        self.probes = 0
-        self.failures = 0
-        self.last_latency_s: float | None = None
-        self.last_error: str | None = None
-        self.outage_started: datetime | None = None
-        self.outage_started_monotonic: float | None = None
-        self.last_outage_s: float | None = None
-        self.outage_probes = 0
-
-    def record(
-        self,
-        result: ProbeResult,
-        latency: float | None,
-        actions: Action,
-        machine: HealthStateMachine,
+    def queue_callback(
+        self, what: str, callback: Callable[..., object] | None, *args: object
     ) -> None:
-        now = datetime.now(UTC)
-        self.probes += 1
-        self.last_latency_s = latency
-        if result.kind is ProbeKind.OK:
-            if Action.FIRE_RECOVERED in actions and self.outage_started_monotonic is not None:
-                self.last_outage_s = time.monotonic() - self.outage_started_monotonic
-            self.outage_started = None
-            self.outage_started_monotonic = None
-        else:
-            self.failures += 1
-            self.last_error = result.cause
-            if machine.consecutive_failures == 1:
-                self.outage_started = now
-                self.outage_started_monotonic = time.monotonic()
-            self.outage_probes = machine.consecutive_failures
-        if machine.state is not self.state:
-            self.state = machine.state
-            self.state_since = now
+        """Run `callback(*args)` after this client's earlier callbacks, off the loop."""
+        engine = self._engine
+        if engine is not None:
+            self._callbacks.submit(engine.callback_executor, what, callback, *args)
 
-    def snapshot(self, machine: HealthStateMachine) -> HealthStats:
-        return HealthStats(
-            state=str(self.state),
-            state_since=self.state_since,
-            probes=self.probes,
-            failures=self.failures,
-            consecutive_failures=machine.consecutive_failures,
-            last_latency_s=self.last_latency_s,
-            last_error=self.last_error,
-            outage_started=self.outage_started,
-            last_outage_s=self.last_outage_s,
-            outage_probes=self.outage_probes,
-        )
+    async def _probe_on_engine(self) -> ProbeOutcome:
+        assert self._engine is not None
+        return await probe_health(self._engine.session, self.endpoint)
+
+    def _fire_callbacks(self, event: ProbeEvent) -> None:
+        if event.went_down:
+            self.queue_callback("on_server_down", self.on_server_down)
+        if event.recovered:
+            self.queue_callback("on_server_recovered", self.on_server_recovered)

@@ -6,8 +6,8 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from rpc_datasource.health_state import ProbeResult
-from rpc_datasource.http import json_object
+from rpc_datasource.health_state import FailureReason, ProbeResult
+from rpc_datasource.json_body import json_object
 
 
 def clock_skew_seconds(date_header: str | None, local_now: datetime) -> float | None:
@@ -42,14 +42,19 @@ def classify_health_response(
         return ProbeResult.shutting_down(f"HTTP {status}: agent is shutting down")
     if status == 401:
         return ProbeResult.failed(
-            _unauthorized_cause(parsed, clock_skew_seconds(date_header, local_now))
+            FailureReason.UNAUTHORIZED,
+            _unauthorized_cause(parsed, clock_skew_seconds(date_header, local_now)),
         )
     if not 200 <= status < 300:
-        return ProbeResult.failed(f"HTTP {status}")
+        return ProbeResult.failed(FailureReason.HTTP_STATUS, f"HTTP {status}")
     if parsed is None:
-        return ProbeResult.failed(f"HTTP {status} with a body that is not a JSON object")
+        return ProbeResult.failed(
+            FailureReason.BAD_BODY, f"HTTP {status} with a body that is not a JSON object"
+        )
     instance_id = parsed.get("instance_id")
     if parsed.get("status") != "ok" or not isinstance(instance_id, str):
-        return ProbeResult.failed(f"HTTP {status} with a body that is not the health JSON")
+        return ProbeResult.failed(
+            FailureReason.BAD_BODY, f"HTTP {status} with a body that is not the health JSON"
+        )
     etag = parsed.get("schema_etag")
     return ProbeResult.ok(instance_id, etag if isinstance(etag, str) else None)

@@ -14,35 +14,54 @@ class ProbeKind(StrEnum):
     SHUTTING_DOWN = "shutting_down"
 
 
+class FailureReason(StrEnum):
+    """Why a probe failed, by category: what logs, `stats()` and metrics group by."""
+
+    REFUSED = "refused"
+    DNS = "dns"
+    CONNECTION = "connection"
+    TIMEOUT = "timeout"
+    HTTP_STATUS = "http_status"
+    BAD_BODY = "bad_body"
+    UNAUTHORIZED = "unauthorized"
+    SHUTTING_DOWN = "shutting_down"
+
+
 @dataclass(frozen=True)
 class ProbeResult:
-    """One probe's outcome: for OK the agent's identity, otherwise the cause."""
+    """One probe's outcome: for OK the agent's identity, otherwise the reason and cause."""
 
     kind: ProbeKind
     instance_id: str | None = None
     schema_etag: str | None = None
     cause: str = ""
+    reason: FailureReason | None = None
 
     @classmethod
     def ok(cls, instance_id: str, schema_etag: str | None = None) -> ProbeResult:
         return cls(ProbeKind.OK, instance_id=instance_id, schema_etag=schema_etag)
 
     @classmethod
-    def failed(cls, cause: str) -> ProbeResult:
-        return cls(ProbeKind.FAILED, cause=cause)
+    def failed(cls, reason: FailureReason, cause: str) -> ProbeResult:
+        return cls(ProbeKind.FAILED, cause=cause, reason=reason)
 
     @classmethod
     def shutting_down(cls, cause: str = "agent is shutting down") -> ProbeResult:
-        return cls(ProbeKind.SHUTTING_DOWN, cause=cause)
+        return cls(ProbeKind.SHUTTING_DOWN, cause=cause, reason=FailureReason.SHUTTING_DOWN)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.kind is ProbeKind.OK
 
 
 class Action(Flag):
-    """What the caller must do after an observation; several may be asked at once."""
+    """What an observation calls for; several may be asked at once."""
 
     NONE = 0
     FIRE_DOWN = auto()
     FIRE_RECOVERED = auto()
-    CHECK_SCHEMA = auto()
+    # A success from another instance_id than the last one seen: the agent restarted.
+    NEW_INSTANCE = auto()
 
 
 class HealthState(StrEnum):
@@ -54,28 +73,38 @@ class HealthState(StrEnum):
 
 
 class HealthStateMachine:
-    """Counts consecutive failures and says when to fire down, recovered, or check the schema.
+    """Counts consecutive outcomes and says when to fire down or recovered.
 
     Down fires once per outage: on the `failure_threshold`-th consecutive failure, or at once
-    on an explicit shutting_down. Recovered fires on the first success after that. Any success
-    that shows a new instance_id or schema_etag asks for a schema check.
+    on an explicit shutting_down. Recovered fires once `recovery_threshold` consecutive
+    successes follow it (HAProxy's `rise`; 1 by default, the first success).
     """
 
-    def __init__(self, failure_threshold: int, known_schema_etag: str | None = None) -> None:
+    def __init__(self, failure_threshold: int, recovery_threshold: int = 1) -> None:
         if failure_threshold < 1:
             raise ValueError("failure_threshold must be at least 1")
+        if recovery_threshold < 1:
+            raise ValueError("recovery_threshold must be at least 1")
         self.failure_threshold = failure_threshold
+        self.recovery_threshold = recovery_threshold
         self.state = HealthState.UNKNOWN
         self.consecutive_failures = 0
+        self.consecutive_successes = 0
         self.instance_id: str | None = None
-        self.schema_etag = known_schema_etag
-        self._schema_check_pending = False
+
+    @property
+    def in_transition(self) -> bool:
+        """Failing but not yet down, or succeeding but not yet recovered: re-probe sooner."""
+        if self.state is HealthState.DOWN:
+            return self.consecutive_successes > 0
+        return self.consecutive_failures > 0
 
     def observe(self, result: ProbeResult) -> Action:
         """Take one probe outcome; the actions it calls for."""
         if result.kind is ProbeKind.OK:
             return self._observe_success(result)
         self.consecutive_failures += 1
+        self.consecutive_successes = 0
         if self.state is HealthState.DOWN:
             return Action.NONE
         if (
@@ -86,26 +115,16 @@ class HealthStateMachine:
             return Action.FIRE_DOWN
         return Action.NONE
 
-    def schema_check_failed(self) -> None:
-        """The asked-for schema check could not be done: ask again at the next success."""
-        self._schema_check_pending = True
-
     def _observe_success(self, result: ProbeResult) -> Action:
         actions = Action.NONE
-        if self.state is HealthState.DOWN:
-            actions |= Action.FIRE_RECOVERED | Action.CHECK_SCHEMA
-        restarted = self.instance_id is not None and result.instance_id != self.instance_id
-        etag_changed = (
-            self.schema_etag is not None
-            and result.schema_etag is not None
-            and result.schema_etag != self.schema_etag
-        )
-        if restarted or etag_changed or self._schema_check_pending:
-            actions |= Action.CHECK_SCHEMA
+        if self.instance_id is not None and result.instance_id != self.instance_id:
+            actions |= Action.NEW_INSTANCE
         self.instance_id = result.instance_id
-        if result.schema_etag is not None:
-            self.schema_etag = result.schema_etag
-        self.state = HealthState.UP
         self.consecutive_failures = 0
-        self._schema_check_pending = False
+        self.consecutive_successes += 1
+        if self.state is HealthState.DOWN:
+            if self.consecutive_successes < self.recovery_threshold:
+                return actions
+            actions |= Action.FIRE_RECOVERED
+        self.state = HealthState.UP
         return actions

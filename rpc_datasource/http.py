@@ -1,24 +1,27 @@
-"""Signed HTTP GETs to an agent with a pooled session, a time limit and a body size cap."""
+"""Signed GETs to an agent over aiohttp: one total deadline, a body cap, a reason on failure."""
 
 from __future__ import annotations
 
-import json
+import asyncio
+import errno
+import os
 import time
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlsplit
 
-import requests
-from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import ReadTimeoutError
+import aiohttp
 
-from rpc_common.signing import SignatureScheme, signed_headers
+from rpc_datasource.endpoint import AgentEndpoint
+from rpc_datasource.health_state import FailureReason
 
-MAX_BODY_BYTES = 1 << 20
+KEPT_HEADERS = ("Date", "ETag")
 
 
 class AgentRequestError(Exception):
-    """The request got no usable answer: no connection, a timeout, or an oversized body."""
+    """The request got no usable answer; `reason` says which kind of failure it was."""
+
+    def __init__(self, reason: FailureReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -31,64 +34,67 @@ class AgentResponse:
     latency_s: float
 
 
-def json_object(body: bytes) -> dict[str, Any] | None:
-    """An answer's body as a JSON object; None for anything else, however malformed."""
-    try:
-        parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
-    return parsed if isinstance(parsed, dict) else None
-
-
-def request_target(url: str) -> str:
-    """The path and query of `url`, as the signature binds them."""
-    parts = urlsplit(url)
-    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-
-
-def new_session() -> requests.Session:
-    """A keep-alive session that never reads proxy or netrc settings from the environment."""
-    session = requests.Session()
-    session.trust_env = False
-    return session
-
-
-def signed_get(
-    session: requests.Session,
+async def signed_get(
+    session: aiohttp.ClientSession,
+    endpoint: AgentEndpoint,
     url: str,
-    secret: str,
     *,
-    timeout: float,
-    scheme: SignatureScheme = "v2",
+    max_bytes: int,
     extra_headers: dict[str, str] | None = None,
 ) -> AgentResponse:
-    """One freshly signed GET, redirects not followed; gives up after `timeout` of silence."""
-    headers = signed_headers(secret, target=request_target(url), scheme=scheme)
-    headers.update(extra_headers or {})
+    """One freshly signed GET of `url`, redirects not followed.
+
+    `endpoint.timeout` bounds the whole request: name lookup, connect, headers and body, so
+    an agent that drip-feeds its answer fails at the deadline like one that never answers.
+    """
+    headers = endpoint.signed_headers(url, extra_headers)
     started = time.monotonic()
     try:
-        # A redirect is an answer of its own: following it would send our signature elsewhere.
-        with session.get(
-            url, headers=headers, timeout=(timeout, timeout), stream=True, allow_redirects=False
-        ) as reply:
-            body = reply.raw.read(MAX_BODY_BYTES + 1, decode_content=True)
-            elapsed = time.monotonic() - started
-            if len(body) > MAX_BODY_BYTES:
-                raise AgentRequestError(f"body over {MAX_BODY_BYTES} bytes")
-            if elapsed > timeout:
-                raise AgentRequestError(f"timed out: answer took {elapsed:.2f} s")
-            kept = {name: reply.headers[name] for name in ("Date", "ETag") if name in reply.headers}
-            return AgentResponse(reply.status_code, kept, body, elapsed)
-    except (requests.Timeout, ReadTimeoutError):
-        raise AgentRequestError(f"timed out after {timeout:g} s") from None
-    except (requests.RequestException, Urllib3Error, OSError) as error:
-        raise AgentRequestError(f"connection failed: {_innermost_message(error)}") from None
+        async with asyncio.timeout(endpoint.timeout):
+            # A redirect is an answer of its own: following it would send our signature away.
+            async with session.get(url, headers=headers, allow_redirects=False) as reply:
+                body = await _read_capped(reply, max_bytes)
+                kept = {name: reply.headers[name] for name in KEPT_HEADERS if name in reply.headers}
+                return AgentResponse(reply.status, kept, body, time.monotonic() - started)
+    except TimeoutError:
+        raise AgentRequestError(
+            FailureReason.TIMEOUT, f"timed out after {endpoint.timeout:g} s"
+        ) from None
+    except aiohttp.ClientConnectorDNSError as error:
+        raise AgentRequestError(FailureReason.DNS, f"name lookup failed: {error}") from None
+    except aiohttp.ClientConnectorError as error:
+        reason = (
+            FailureReason.REFUSED
+            if error.os_error.errno == errno.ECONNREFUSED
+            else FailureReason.CONNECTION
+        )
+        raise AgentRequestError(reason, f"connection failed: {_os_message(error)}") from None
+    except (aiohttp.ClientError, OSError, ValueError) as error:
+        raise AgentRequestError(
+            FailureReason.CONNECTION, f"connection failed: {_os_message(error)}"
+        ) from None
 
 
-def _innermost_message(error: BaseException) -> str:
-    """The message of the deepest chained exception, e.g. `[Errno 111] Connection refused`."""
-    while (inner := error.__cause__ or error.__context__) is not None:
-        error = inner
-    text = str(error)
-    errno_at = text.find("[Errno")
-    return text[errno_at:] if errno_at >= 0 else text or type(error).__name__
+async def _read_capped(reply: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    """The (decoded) body, refused as soon as it passes `max_bytes`."""
+    too_large = AgentRequestError(FailureReason.BAD_BODY, f"body over {max_bytes} bytes")
+    if reply.content_length is not None and reply.content_length > max_bytes:
+        reply.close()
+        raise too_large
+    body = bytearray()
+    async for chunk in reply.content.iter_any():
+        body += chunk
+        if len(body) > max_bytes:
+            reply.close()
+            raise too_large
+    return bytes(body)
+
+
+def _os_message(error: BaseException) -> str:
+    """`[Errno 111] Connection refused` rather than aiohttp's wording with the host in it."""
+    current: BaseException | None = error
+    while current is not None:
+        if isinstance(current, OSError) and current.errno:
+            return f"[Errno {current.errno}] {os.strerror(current.errno)}"
+        current = current.__cause__ or current.__context__
+    return str(error) or type(error).__name__

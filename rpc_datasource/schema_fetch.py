@@ -5,10 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import requests
+import aiohttp
 
-from rpc_common.signing import SignatureScheme
-from rpc_datasource.http import AgentRequestError, json_object, signed_get
+from rpc_datasource.endpoint import AgentEndpoint
+from rpc_datasource.health_state import FailureReason
+from rpc_datasource.http import AgentRequestError, signed_get
+from rpc_datasource.json_body import json_object
+
+SCHEMA_CAP_SETTING = "FOREST_SCHEMA_MAX_BYTES"
 
 
 class SchemaFetchError(Exception):
@@ -23,23 +27,21 @@ class FetchedSchema:
     etag: str | None
 
 
-def fetch_schema(
-    session: requests.Session,
-    url: str,
-    secret: str,
-    *,
-    timeout: float,
-    scheme: SignatureScheme = "v2",
-    if_none_match: str | None = None,
+async def fetch_schema(
+    session: aiohttp.ClientSession, endpoint: AgentEndpoint, if_none_match: str | None = None
 ) -> FetchedSchema | None:
     """The schema, or None when the agent answers 304 to `if_none_match`."""
+    url = endpoint.schema_url
     extra = {"If-None-Match": if_none_match} if if_none_match else None
     try:
-        reply = signed_get(
-            session, url, secret, timeout=timeout, scheme=scheme, extra_headers=extra
+        reply = await signed_get(
+            session, endpoint, url, max_bytes=endpoint.schema_max_bytes, extra_headers=extra
         )
     except AgentRequestError as error:
-        raise SchemaFetchError(f"cannot read the schema at {url}: {error}") from None
+        cause = str(error)
+        if error.reason is FailureReason.BAD_BODY:
+            cause += f" (raise schema_max_bytes / {SCHEMA_CAP_SETTING} for a larger schema)"
+        raise SchemaFetchError(f"cannot read the schema at {url}: {cause}") from None
     if reply.status == 304:
         return None
     if reply.status != 200:

@@ -16,7 +16,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from rpc_common.signing import SignatureScheme, signed_headers
 from rpc_common.sse_protocol import HEARTBEAT_EVENT, STOP_EVENT
 from rpc_datasource.callbacks import call_logged
-from rpc_datasource.http import new_session, request_target
+from rpc_datasource.endpoint import request_target
 from rpc_datasource.sse_parser import SseEvent, SseParser
 from rpc_datasource.timing import jittered, reconnect_backoff
 
@@ -24,6 +24,13 @@ logger = logging.getLogger(__name__)
 
 SILENCE_HEARTBEATS = 3
 BACKOFF_JITTER = 0.2
+
+
+def new_session() -> requests.Session:
+    """A keep-alive session that never reads proxy or netrc settings from the environment."""
+    session = requests.Session()
+    session.trust_env = False
+    return session
 
 
 class SseStreamError(Exception):

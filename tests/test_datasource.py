@@ -10,9 +10,14 @@ from typing import Any
 
 import pytest
 import requests
-from flask import request
+from flask import Response, request
 
-from rpc_datasource import ConfigurationError, RpcDatasource, SchemaFetchError
+from rpc_datasource import (
+    ConfigurationError,
+    DatasourceSettings,
+    RpcDatasource,
+    SchemaFetchError,
+)
 from tests.support import (
     OTHER_SECRET,
     TEST_SECRET,
@@ -105,13 +110,17 @@ class Agents:
         """A new app and agent (a new instance_id) serving `schema` on the fixed port."""
         self.holder = {"schema": schema}
         self.schema_requests: list[str | None] = []
+        self.fail_schema_requests = False
         holder, schema_requests = self.holder, self.schema_requests
         app, self.agent = agent_app(lambda: holder["schema"], sse_heartbeat_interval=0.1)
 
         @app.before_request
-        def record_schema_requests() -> None:
+        def record_schema_requests() -> Response | None:
             if request.path == SCHEMA_ROUTE:
                 schema_requests.append(request.headers.get("If-None-Match"))
+                if self.fail_schema_requests:
+                    return Response("failing on purpose", status=500)
+            return None
 
         self.servers.append(start_server(app, self.port))
 
@@ -374,22 +383,25 @@ def test_restart_between_two_probes_with_a_changed_schema_reloads_once(
     assert datasource.reloads == 1
 
 
-def test_restart_between_two_probes_without_a_change_does_not_reload(
-    agents: Agents, open_datasource: OpenDatasource
+def test_restart_between_two_probes_without_a_change_costs_no_schema_request(
+    agents: Agents, open_datasource: OpenDatasource, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="rpc_datasource")
     datasource, recorder = open_datasource(
         health_check_interval=SLOW_INTERVAL, health_check_failure_threshold=3
     )
-    etag = datasource.schema_etag
     wait_for_probes(datasource, 1)
 
     agents.restart(products_schema())
-    # The new instance_id is noticed: the schema is checked once, conditionally.
-    assert wait_until(lambda: len(agents.schema_requests) >= 1)
-    wait_for_probes(datasource, 4)
+    # The new instance_id is noticed and logged once; its schema_etag is the loaded one, so
+    # no schema request is needed (the contract).
+    assert wait_until(lambda: "restarted" in caplog.text)
+    wait_for_probes(datasource, 3)
 
+    restarts = [r for r in caplog.records if "restarted" in r.getMessage()]
+    assert len(restarts) == 1
     assert recorder.history() == []
-    assert agents.schema_requests == [etag]
+    assert agents.schema_requests == []
     assert datasource.reloads == 0
     assert datasource.schema == products_schema()
 
@@ -484,6 +496,69 @@ def test_raising_schema_callback_is_logged_and_polling_goes_on(
     assert called.wait(DEADLINE)
     assert calls == [migrated_schema(), products_schema("price", "stock")]
     assert datasource.reloads == 2
+
+
+# --- schema size and failing schema requests ----------------------------------------------------
+
+
+def large_schema(tables: int, columns: int) -> dict[str, Any]:
+    """A schema the size of a big warehouse: `tables` collections of `columns` fields."""
+    fields = [{"field": f"column_{index:02d}", "type": "String"} for index in range(columns)]
+    return {
+        "collections": [
+            {"name": f"table_{index:03d}", "fields": fields} for index in range(tables)
+        ],
+        "charts": [],
+    }
+
+
+def test_a_schema_of_a_1_4_mb_warehouse_is_read_with_the_default_cap(
+    agents: Agents, open_datasource: OpenDatasource
+) -> None:
+    agents.holder["schema"] = large_schema(700, 26)
+    datasource, _ = open_datasource()
+    assert len(datasource.collections) == 700
+    assert datasource.schema == agents.holder["schema"]
+
+
+def test_a_schema_over_its_cap_is_one_error_naming_the_cap_and_the_setting(
+    agents: Agents,
+) -> None:
+    agents.holder["schema"] = large_schema(20, 26)
+    settings = DatasourceSettings(
+        rpc_uri=agents.url, auth_secret=TEST_SECRET, schema_max_bytes=4096
+    )
+    with pytest.raises(SchemaFetchError) as raised:
+        RpcDatasource.build(settings=settings)
+    message = str(raised.value)
+    assert "4096" in message
+    assert "FOREST_SCHEMA_MAX_BYTES" in message
+    assert agents.url in message
+    assert wait_until(lambda: not library_threads(), 5.0), library_threads()
+
+
+def test_a_failing_schema_request_is_one_warning_not_a_traceback_per_probe(
+    agents: Agents, open_datasource: OpenDatasource, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="rpc_datasource")
+    datasource, recorder = open_datasource()
+    wait_for_probes(datasource, 1)
+
+    agents.fail_schema_requests = True
+    agents.holder["schema"] = migrated_schema()  # a new schema_etag: a fetch is due
+    assert wait_until(lambda: len(agents.schema_requests) >= 4)
+    warnings = [
+        r for r in caplog.records if r.levelno == logging.WARNING and "schema" in r.getMessage()
+    ]
+    assert len(warnings) == 1
+    assert "HTTP 500" in warnings[0].getMessage()
+    assert not [r for r in caplog.records if r.exc_info]
+    assert recorder.history() == []
+
+    agents.fail_schema_requests = False  # asked again at the next success, and applied
+    assert recorder.changed.wait(DEADLINE)
+    assert datasource.schema == migrated_schema()
+    assert recorder.count("schema_change") == 1
 
 
 # --- closing -------------------------------------------------------------------------------------

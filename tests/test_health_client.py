@@ -14,8 +14,8 @@ import pytest
 from flask import Flask, Response, jsonify
 
 from rpc_agent import AgentSettings, RpcAgent
-from rpc_datasource import HealthCheckClient, HealthStats
-from rpc_datasource.scheduler import shared_scheduler
+from rpc_datasource import HealthCheckClient, HealthStats, ProbeEvent
+from rpc_datasource.engine import ENGINE_THREAD_NAME, shared_engine
 from tests.support import (
     HEALTH_PATH,
     OTHER_SECRET,
@@ -205,18 +205,18 @@ def test_start_is_idempotent_and_stop_ends_polling(
         client.start()
         client.start()
         assert wait_until(lambda: len(counting.snapshot()) >= 8)
-        assert library_threads("rpc-health").count("rpc-health-scheduler") == 1
+        assert library_threads("rpc-health").count(ENGINE_THREAD_NAME) == 1
 
         client.stop()
         client.stop()
         assert client.closed is True
-        assert shared_scheduler.current() is None
+        assert shared_engine.current() is None
         assert wait_until(lambda: not library_threads("rpc-health"), 5.0)
         hits_after_stop = len(counting.snapshot())
 
         client.start()  # a stopped client stays stopped
         assert client.closed is True
-        assert shared_scheduler.current() is None
+        assert shared_engine.current() is None
         assert library_threads("rpc-health") == []
         assert len(counting.snapshot()) == hits_after_stop
 
@@ -234,14 +234,15 @@ def test_start_is_idempotent_and_stop_ends_polling(
 def test_healthy_agent_is_up_and_fires_nothing(
     make_client: Callable[..., HealthCheckClient],
 ) -> None:
-    down, recovered, schema = Counter(), Counter(), Counter()
+    down, recovered = Counter(), Counter()
+    events: list[ProbeEvent] = []
     app, _ = agent_app()
     with live_server(app) as server:
         client = make_client(
             server.url + HEALTH_PATH,
             on_server_down=down,
             on_server_recovered=recovered,
-            on_schema_check=schema,
+            hooks=[events.append],
             **FAST,
         )
         client.start()
@@ -254,7 +255,8 @@ def test_healthy_agent_is_up_and_fires_nothing(
     assert (later.failures, later.consecutive_failures) == (0, 0)
     assert later.last_error is None
     assert later.last_latency_s is not None and later.last_latency_s > 0
-    assert (down.calls, recovered.calls, schema.calls) == (0, 0, 0)
+    assert (down.calls, recovered.calls) == (0, 0)
+    assert not any(event.actions for event in events)
 
 
 # --- outages ---------------------------------------------------------------------------------
@@ -599,13 +601,14 @@ def test_first_failure_switches_to_the_faster_retry(
     assert failing[2] - failing[0] < polling
 
 
-# --- schema checks ---------------------------------------------------------------------------
+# --- probe events: what the datasource's schema checks are driven by -------------------------
 
 
-def test_a_restart_between_probes_asks_for_one_schema_check(
+def test_a_restart_between_probes_is_one_restarted_event(
     make_client: Callable[..., HealthCheckClient],
 ) -> None:
-    schema_check, down, recovered = Counter(), Counter(), Counter()
+    down, recovered = Counter(), Counter()
+    events: list[ProbeEvent] = []
     first_app, first_agent = agent_app()
     second_app, second_agent = agent_app()
     assert first_agent.instance_id != second_agent.instance_id
@@ -615,78 +618,71 @@ def test_a_restart_between_probes_asks_for_one_schema_check(
     with live_server(front) as server:
         client = make_client(
             server.url + HEALTH_PATH,
-            on_schema_check=schema_check,
             on_server_down=down,
             on_server_recovered=recovered,
+            hooks=[events.append],
             **FAST,
         )
         client.start()
         wait_for_probes(client, 3)
-        assert schema_check.calls == 0
+        assert not any(event.restarted for event in events)
 
         switch.current = second_app  # the agent restarted; no probe saw it down
-        assert schema_check.event.wait(WAIT_S)
+        assert wait_until(lambda: any(event.restarted for event in events))
         wait_for_probes(client, client.stats().probes + 4)
         client.stop()
 
-    assert schema_check.calls == 1
+    restarts = [event for event in events if event.restarted]
+    assert len(restarts) == 1
+    assert restarts[0].result.instance_id == second_agent.instance_id
     assert (down.calls, recovered.calls) == (0, 0)
 
 
-def test_a_changed_schema_etag_asks_for_one_schema_check(
+def test_a_changed_schema_etag_shows_in_the_next_events(
     make_client: Callable[..., HealthCheckClient],
 ) -> None:
     schema: dict[str, Any] = {"collections": [], "charts": []}
-    schema_check = Counter()
+    events: list[ProbeEvent] = []
     app = Flask(__name__)
     agent = RpcAgent(
         app, settings=AgentSettings(auth_secret=TEST_SECRET), schema_provider=lambda: schema
     )
     with live_server(app) as server:
-        client = make_client(server.url + HEALTH_PATH, on_schema_check=schema_check, **FAST)
+        client = make_client(server.url + HEALTH_PATH, hooks=[events.append], **FAST)
         client.start()
         wait_for_probes(client, 3)
-        assert schema_check.calls == 0
         old_etag = agent.health_body()["schema_etag"]
+        assert {event.result.schema_etag for event in events} == {old_etag}
 
         schema = {"collections": [{"name": "products", "fields": []}], "charts": []}
-        assert agent.health_body()["schema_etag"] != old_etag
-        assert schema_check.event.wait(WAIT_S)
-        wait_for_probes(client, client.stats().probes + 4)
+        new_etag = agent.health_body()["schema_etag"]
+        assert new_etag != old_etag
+        assert wait_until(lambda: events[-1].result.schema_etag == new_etag)
         client.stop()
 
-    assert schema_check.calls == 1
+    assert not any(event.restarted for event in events)
 
 
-def test_a_raising_schema_check_is_asked_again_at_the_next_success(
+def test_a_raising_hook_is_logged_and_polling_goes_on(
     make_client: Callable[..., HealthCheckClient],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    calls: list[float] = []
-    asked_twice = threading.Event()
+    caplog.set_level(logging.ERROR)
+    seen: list[ProbeEvent] = []
 
-    def schema_check() -> None:
-        calls.append(time.monotonic())
-        if len(calls) >= 2:
-            asked_twice.set()
-        if len(calls) == 1:
-            raise RuntimeError("schema fetch failed on purpose")
+    def explode(event: ProbeEvent) -> None:
+        raise RuntimeError("hook exploded on purpose")
 
-    first_app, _ = agent_app()
-    second_app, _ = agent_app()
-    switch = Switch(first_app)
-    front = Flask(__name__)
-    front.wsgi_app = switch  # type: ignore[method-assign]
-    with live_server(front) as server:
-        client = make_client(server.url + HEALTH_PATH, on_schema_check=schema_check, **FAST)
+    app, _ = agent_app()
+    with live_server(app) as server:
+        client = make_client(server.url + HEALTH_PATH, hooks=[explode, seen.append], **FAST)
         client.start()
-        wait_for_probes(client, 2)
-        switch.current = second_app
-        assert asked_twice.wait(WAIT_S)
-        after = client.stats().probes
-        wait_for_probes(client, after + 4)
+        stats = wait_for_probes(client, 4)
         client.stop()
 
-    assert len(calls) == 2  # the second call succeeded: no more asks
+    assert stats.state == "up"
+    assert len(seen) >= 4  # the hook after the raising one still gets every event
+    assert "hook exploded on purpose" in caplog.text
 
 
 # --- signature schemes -----------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from rpc_datasource.health_response import classify_health_response, clock_skew_seconds
-from rpc_datasource.health_state import ProbeKind
+from rpc_datasource.health_state import FailureReason, ProbeKind
 
 LOCAL_NOW = datetime(2026, 11, 21, 9, 30, 0, tzinfo=UTC)
 
@@ -49,6 +49,7 @@ def test_200_with_health_json_is_ok() -> None:
     assert result.kind is ProbeKind.OK
     assert result.instance_id == "3f1c9e2a"
     assert result.schema_etag == '"a1b2c3"'
+    assert result.reason is None
 
 
 def test_200_without_schema_etag_is_ok_with_no_etag() -> None:
@@ -108,6 +109,7 @@ def test_date_header_does_not_matter_on_success() -> None:
 def test_200_with_a_body_that_is_not_the_health_json_fails(body: bytes) -> None:
     result = classify_health_response(200, body, None, LOCAL_NOW)
     assert result.kind is ProbeKind.FAILED
+    assert result.reason is FailureReason.BAD_BODY
     assert result.instance_id is None
     assert "200" in result.cause
 
@@ -119,11 +121,13 @@ def test_200_with_a_deeply_nested_body_fails_without_raising() -> None:
     body = b"[" * 100_000 + b"]" * 100_000
     result = classify_health_response(200, body, None, LOCAL_NOW)
     assert result.kind is ProbeKind.FAILED
+    assert result.reason is FailureReason.BAD_BODY
 
 
 def test_204_with_empty_body_fails() -> None:
     result = classify_health_response(204, b"", None, LOCAL_NOW)
     assert result.kind is ProbeKind.FAILED
+    assert result.reason is FailureReason.BAD_BODY
     assert "204" in result.cause
 
 
@@ -134,11 +138,14 @@ def test_503_shutting_down_is_shutting_down() -> None:
     body = json.dumps({"status": "shutting_down"}).encode()
     result = classify_health_response(503, body, None, LOCAL_NOW)
     assert result.kind is ProbeKind.SHUTTING_DOWN
+    assert result.reason is FailureReason.SHUTTING_DOWN
+    assert "503" in result.cause
 
 
 def test_503_full_shutting_down_body_is_shutting_down() -> None:
     result = classify_health_response(503, health_body(status="shutting_down"), None, LOCAL_NOW)
     assert result.kind is ProbeKind.SHUTTING_DOWN
+    assert result.reason is FailureReason.SHUTTING_DOWN
     assert result.instance_id is None
 
 
@@ -155,6 +162,7 @@ def test_503_full_shutting_down_body_is_shutting_down() -> None:
 def test_503_without_shutting_down_body_fails_naming_503(body: bytes) -> None:
     result = classify_health_response(503, body, None, LOCAL_NOW)
     assert result.kind is ProbeKind.FAILED
+    assert result.reason is FailureReason.HTTP_STATUS
     assert "503" in result.cause
 
 
@@ -165,6 +173,7 @@ def test_503_without_shutting_down_body_fails_naming_503(body: bytes) -> None:
 def test_non_2xx_fails_naming_the_status(status: int) -> None:
     result = classify_health_response(status, health_body(), None, LOCAL_NOW)
     assert result.kind is ProbeKind.FAILED
+    assert result.reason is FailureReason.HTTP_STATUS
     assert str(status) in result.cause
 
 
@@ -172,6 +181,7 @@ def test_non_2xx_fails_naming_the_status(status: int) -> None:
 def test_non_2xx_with_empty_body_fails(status: int) -> None:
     result = classify_health_response(status, b"", None, LOCAL_NOW)
     assert result.kind is ProbeKind.FAILED
+    assert result.reason is FailureReason.HTTP_STATUS
     assert str(status) in result.cause
 
 
@@ -185,6 +195,7 @@ def test_non_2xx_with_empty_body_fails(status: int) -> None:
 def test_401_names_the_reason(reason: str) -> None:
     result = classify_health_response(401, unauthorized(reason), None, LOCAL_NOW)
     assert result.kind is ProbeKind.FAILED
+    assert result.reason is FailureReason.UNAUTHORIZED
     assert "401" in result.cause
     assert reason in result.cause
 
@@ -193,6 +204,7 @@ def test_401_names_the_reason(reason: str) -> None:
 def test_401_without_a_reason_still_fails(body: bytes) -> None:
     result = classify_health_response(401, body, None, LOCAL_NOW)
     assert result.kind is ProbeKind.FAILED
+    assert result.reason is FailureReason.UNAUTHORIZED
     assert "401" in result.cause
 
 
@@ -228,6 +240,45 @@ def test_401_out_of_window_with_unreadable_date_still_classifies(date: str | Non
     assert result.kind is ProbeKind.FAILED
     assert "timestamp_out_of_window" in result.cause
     assert " s " not in result.cause  # no skew figure made up
+
+
+# --- failure reasons ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "reason"),
+    [
+        pytest.param(401, unauthorized("bad_signature"), FailureReason.UNAUTHORIZED, id="401"),
+        pytest.param(401, b"", FailureReason.UNAUTHORIZED, id="401-empty"),
+        pytest.param(401, health_body(), FailureReason.UNAUTHORIZED, id="401-health-json"),
+        pytest.param(500, health_body(), FailureReason.HTTP_STATUS, id="500"),
+        pytest.param(503, b"", FailureReason.HTTP_STATUS, id="503-empty"),
+        pytest.param(404, b"not found", FailureReason.HTTP_STATUS, id="404"),
+        pytest.param(302, b"", FailureReason.HTTP_STATUS, id="302"),
+        pytest.param(200, b"<html>", FailureReason.BAD_BODY, id="bad-json"),
+        pytest.param(200, b"", FailureReason.BAD_BODY, id="empty-json"),
+        pytest.param(200, b"[1, 2]", FailureReason.BAD_BODY, id="json-not-object"),
+        pytest.param(200, health_body(status="degraded"), FailureReason.BAD_BODY, id="not-ok"),
+        pytest.param(200, without("instance_id"), FailureReason.BAD_BODY, id="no-instance-id"),
+        pytest.param(
+            503, health_body(status="shutting_down"), FailureReason.SHUTTING_DOWN, id="503-shut"
+        ),
+        pytest.param(
+            200, health_body(status="shutting_down"), FailureReason.SHUTTING_DOWN, id="200-shut"
+        ),
+    ],
+)
+def test_each_failure_kind_has_its_reason(status: int, body: bytes, reason: FailureReason) -> None:
+    result = classify_health_response(status, body, None, LOCAL_NOW)
+    assert not result.succeeded
+    assert result.reason is reason
+    assert result.cause  # every failure also says why, in words
+
+
+def test_401_keeps_its_reason_whatever_the_date() -> None:
+    date = http_date(LOCAL_NOW + timedelta(seconds=412))
+    result = classify_health_response(401, unauthorized("timestamp_out_of_window"), date, LOCAL_NOW)
+    assert result.reason is FailureReason.UNAUTHORIZED
 
 
 # --- clock_skew_seconds -------------------------------------------------------------------

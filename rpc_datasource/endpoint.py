@@ -1,0 +1,91 @@
+"""`AgentEndpoint`: where one agent is and how to talk to it, in one object (pure, no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from rpc_common.settings import MIN_SECRET_BYTES
+from rpc_common.signing import SignatureScheme, signed_headers
+
+if TYPE_CHECKING:
+    from rpc_datasource.settings import DatasourceSettings
+
+HEALTH_ROUTE = "health"
+SCHEMA_ROUTE = "rpc-schema"
+DEFAULT_HEALTH_MAX_BYTES = 64 * 1024
+DEFAULT_SCHEMA_MAX_BYTES = 64 * 1024 * 1024
+
+
+def request_target(url: str) -> str:
+    """The path and query of `url`, as the v2 signature binds them."""
+    parts = urlsplit(url)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+@dataclass(frozen=True)
+class AgentEndpoint:
+    """The agent's routes, the shared secret, the signature scheme and the per-request timeout.
+
+    Everything that sends a request to an agent (the health probe, the schema fetch) asks this
+    object for the URL and the signed headers, so none of these travel as loose arguments.
+    """
+
+    root_url: str
+    secret: str = field(repr=False)
+    scheme: SignatureScheme = "v2"
+    timeout: float = 5.0
+    health_max_bytes: int = DEFAULT_HEALTH_MAX_BYTES
+    schema_max_bytes: int = DEFAULT_SCHEMA_MAX_BYTES
+    health_url: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.root_url.startswith(("http://", "https://")):
+            raise ValueError(f"url must be an http(s) URL, got {self.root_url!r}")
+        if not self.secret:
+            raise ValueError("auth_secret must not be empty")
+        if self.scheme not in ("v1", "v2"):
+            raise ValueError(f"signature_scheme must be 'v1' or 'v2', got {self.scheme!r}")
+        if not self.timeout > 0:
+            raise ValueError(f"timeout must be greater than 0, got {self.timeout!r}")
+        for name in ("health_max_bytes", "schema_max_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        if not self.health_url:
+            object.__setattr__(self, "health_url", self.route_url(HEALTH_ROUTE))
+
+    @classmethod
+    def from_health_url(cls, url: str, secret: str, **options: object) -> AgentEndpoint:
+        """The endpoint of an agent given its health URL (`.../forest/health`)."""
+        root = url.rstrip("/").removesuffix("/" + HEALTH_ROUTE)
+        return cls(root, secret, health_url=url, **options)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_settings(cls, settings: DatasourceSettings) -> AgentEndpoint:
+        """The endpoint that `FOREST_RPC_URI`, `FOREST_URL_PREFIX` and the rest describe."""
+        return cls(
+            settings.rpc_uri + settings.url_prefix,
+            settings.auth_secret.get_secret_value(),
+            scheme=settings.signature_scheme,
+            timeout=settings.health_check_timeout,
+            schema_max_bytes=settings.schema_max_bytes,
+        )
+
+    @property
+    def schema_url(self) -> str:
+        return self.route_url(SCHEMA_ROUTE)
+
+    @property
+    def secret_is_short(self) -> bool:
+        return len(self.secret.encode("utf-8")) < MIN_SECRET_BYTES
+
+    def route_url(self, route: str) -> str:
+        """The full URL of one agent route, e.g. `route_url("health")`."""
+        return f"{self.root_url.rstrip('/')}/{route}"
+
+    def signed_headers(self, url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """Fresh `X-Timestamp` / `X-Signature` for a GET of `url`, plus `extra` headers."""
+        headers = signed_headers(self.secret, target=request_target(url), scheme=self.scheme)
+        headers.update(extra or {})
+        return headers

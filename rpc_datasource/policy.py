@@ -1,0 +1,79 @@
+"""`ProbePolicy`: when to probe and when to give up, as one frozen, validated value (pure)."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from rpc_datasource.timing import (
+    default_failure_retry_interval,
+    first_probe_delay,
+    jittered,
+    worst_case_detection,
+)
+
+
+def _check_positive(name: str, value: float) -> None:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (number and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number greater than 0, got {value!r}")
+
+
+def _check_count(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ProbePolicy:
+    """Intervals, jitter, thresholds and timeout of one client, checked once when made.
+
+    `failure_retry_interval` (default `min(5 s, polling_interval)`) is the faster re-probe
+    while an outage is being confirmed or ended, like HAProxy's `fastinter`.
+    """
+
+    polling_interval: float = 30.0
+    failure_threshold: int = 3
+    timeout: float = 5.0
+    failure_retry_interval: float | None = None
+    jitter: float = 0.1
+    recovery_threshold: int = 1
+
+    def __post_init__(self) -> None:
+        _check_positive("polling_interval", self.polling_interval)
+        _check_count("failure_threshold", self.failure_threshold)
+        _check_positive("timeout", self.timeout)
+        if self.failure_retry_interval is None:
+            retry = default_failure_retry_interval(self.polling_interval)
+            object.__setattr__(self, "failure_retry_interval", retry)
+        _check_positive("failure_retry_interval", self.retry_interval)
+        if not (isinstance(self.jitter, int | float) and 0 <= self.jitter < 1):
+            raise ValueError(f"jitter must be in [0, 1), got {self.jitter!r}")
+        _check_count("recovery_threshold", self.recovery_threshold)
+
+    @property
+    def retry_interval(self) -> float:
+        """`failure_retry_interval`, resolved to a number."""
+        assert self.failure_retry_interval is not None
+        return self.failure_retry_interval
+
+    @property
+    def detection_bound_s(self) -> float:
+        """The longest an outage can go unnoticed (see `timing.worst_case_detection`)."""
+        return worst_case_detection(
+            self.polling_interval,
+            self.retry_interval,
+            self.failure_threshold,
+            self.timeout,
+            self.jitter,
+        )
+
+    def first_delay(self, rng: random.Random) -> float:
+        """Delay of a client's first probe: anywhere in its first interval."""
+        return first_probe_delay(self.polling_interval, rng)
+
+    def next_delay(self, in_transition: bool, rng: random.Random) -> float:
+        """Delay to the next probe: the retry interval while a state change is being confirmed."""
+        base = self.retry_interval if in_transition else self.polling_interval
+        return jittered(base, self.jitter, rng)

@@ -1,0 +1,76 @@
+"""`HealthWatcher`: the probe loop of one agent, as a coroutine on whatever loop runs it.
+
+It carries out the pure decisions (`ProbePolicy` for when, `HealthStateMachine` for what it
+means) and hands a `ProbeEvent` to its hooks after every probe. The threaded
+`HealthCheckClient` runs it on the shared engine; `rpc_datasource.aio` on the caller's loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+
+from rpc_datasource.clock import Clock, LoopClock
+from rpc_datasource.events import ProbeEvent, ProbeHook, deliver
+from rpc_datasource.health_state import FailureReason, HealthStateMachine, ProbeResult
+from rpc_datasource.policy import ProbePolicy
+from rpc_datasource.probe import Probe, ProbeOutcome
+
+logger = logging.getLogger(__name__)
+
+
+class HealthWatcher:
+    """Probes one agent at the policy's times, at most one probe in flight, forever."""
+
+    def __init__(
+        self,
+        name: str,
+        policy: ProbePolicy,
+        probe: Probe,
+        hooks: Sequence[ProbeHook] = (),
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = name
+        self.policy = policy
+        self.machine = HealthStateMachine(policy.failure_threshold, policy.recovery_threshold)
+        self._probe = probe
+        self._hooks = tuple(hooks)
+        self._clock = clock or LoopClock()
+        self._rng = rng or random.Random()
+
+    async def run(self) -> None:
+        """Probe until cancelled; cancelling it also cancels the probe in flight."""
+        due = self._clock.now() + self.policy.first_delay(self._rng)
+        while True:
+            await self._clock.sleep(max(0.0, due - self._clock.now()))
+            lateness = self._clock.now() - due
+            result, latency = await self._guarded_probe()
+            self.observe(result, latency, lateness)
+            due = self._clock.now() + self.policy.next_delay(self.machine.in_transition, self._rng)
+
+    def observe(self, result: ProbeResult, latency: float | None, lateness: float) -> ProbeEvent:
+        """Feed one outcome to the state machine and the event to every hook."""
+        before = self.machine.state
+        actions = self.machine.observe(result)
+        event = ProbeEvent(
+            client=self.name,
+            result=result,
+            latency_s=latency,
+            lateness_s=lateness,
+            state_before=before,
+            state_after=self.machine.state,
+            consecutive_failures=self.machine.consecutive_failures,
+            actions=actions,
+        )
+        deliver(event, self._hooks)
+        return event
+
+    async def _guarded_probe(self) -> ProbeOutcome:
+        try:
+            return await self._probe()
+        except Exception as error:
+            logger.exception("health probe of %s raised; counted as a failure", self.name)
+            return ProbeResult.failed(FailureReason.CONNECTION, f"probe raised {error!r}"), None
