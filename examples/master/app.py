@@ -25,6 +25,7 @@ def datasource_status(datasource: RpcDatasource) -> dict[str, Any]:
             round(stats.last_latency_s * 1000, 2) if stats.last_latency_s is not None else None
         ),
         "last_error": stats.last_error,
+        "last_reason": stats.last_reason,
         "last_outage_s": stats.last_outage_s,
         "detection_bound_s": round(datasource.health.detection_bound_s, 3),
         "schema_etag": datasource.schema_etag,

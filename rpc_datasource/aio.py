@@ -1,0 +1,150 @@
+"""`AsyncHealthCheckClient`: the asyncio way in, for masters that are asyncio apps.
+
+It runs the same `HealthWatcher` coroutine as the threaded client, on the application's own
+running loop instead of the engine thread, with an aiohttp session of its own or the one the
+application passes in. Callbacks may be plain functions (run in a worker thread, so they
+never block the loop) or coroutine functions (awaited on the loop); either way they run one
+at a time, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+
+import aiohttp
+
+from rpc_common.signing import SignatureScheme
+from rpc_datasource.endpoint import AgentEndpoint
+from rpc_datasource.engine import new_session
+from rpc_datasource.events import ProbeEvent, ProbeHook
+from rpc_datasource.policy import ProbePolicy
+from rpc_datasource.probe import ProbeOutcome, probe_health
+from rpc_datasource.probe_logging import log_probe_event
+from rpc_datasource.stats import HealthStats, StatsRecorder
+from rpc_datasource.watcher import HealthWatcher
+
+logger = logging.getLogger(__name__)
+
+AsyncCallback = Callable[[], Awaitable[None]] | Callable[[], None]
+
+
+class AsyncHealthCheckClient:
+    """Watches one agent on the running loop; use `async with` or `start()` / `stop()`."""
+
+    def __init__(
+        self,
+        url: str,
+        auth_secret: str,
+        polling_interval: float = 30.0,
+        failure_threshold: int = 3,
+        timeout: float = 5.0,
+        on_server_down: AsyncCallback | None = None,
+        on_server_recovered: AsyncCallback | None = None,
+        *,
+        failure_retry_interval: float | None = None,
+        jitter: float = 0.1,
+        recovery_threshold: int = 1,
+        signature_scheme: SignatureScheme = "v2",
+        hooks: Sequence[ProbeHook] = (),
+        session: aiohttp.ClientSession | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.policy = ProbePolicy(
+            polling_interval=polling_interval,
+            failure_threshold=failure_threshold,
+            timeout=timeout,
+            failure_retry_interval=failure_retry_interval,
+            jitter=jitter,
+            recovery_threshold=recovery_threshold,
+        )
+        self.endpoint = AgentEndpoint.from_health_url(
+            url, auth_secret, scheme=signature_scheme, timeout=float(timeout)
+        )
+        self.url = url
+        self.on_server_down = on_server_down
+        self.on_server_recovered = on_server_recovered
+        self._given_session = session
+        self._session: aiohttp.ClientSession | None = None
+        self._stats = StatsRecorder()
+        self._pending: asyncio.Queue[tuple[str, AsyncCallback]] = asyncio.Queue()
+        self._watcher = HealthWatcher(
+            url,
+            self.policy,
+            self._probe,
+            (self._stats, log_probe_event, self._queue_callbacks, *hooks),
+            rng=rng,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def detection_bound_s(self) -> float:
+        return self.policy.detection_bound_s
+
+    def stats(self) -> HealthStats:
+        """A consistent snapshot of the counters."""
+        return self._stats.snapshot()
+
+    async def start(self) -> None:
+        """Begin watching on the running loop (idempotent; a stopped client stays stopped)."""
+        if self._closed or self._tasks:
+            return
+        self._session = self._given_session or new_session()
+        self._tasks = [
+            asyncio.create_task(self._watcher.run(), name=f"rpc-health {self.url}"),
+            asyncio.create_task(self._run_callbacks(), name=f"rpc-callbacks {self.url}"),
+        ]
+
+    async def stop(self) -> None:
+        """Cancel the probe in flight and the callback queue; close our own session."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._session is not None and self._given_session is None:
+            await self._session.close()
+
+    async def __aenter__(self) -> AsyncHealthCheckClient:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def _probe(self) -> ProbeOutcome:
+        assert self._session is not None
+        return await probe_health(self._session, self.endpoint)
+
+    def _queue_callbacks(self, event: ProbeEvent) -> None:
+        if event.went_down and self.on_server_down is not None:
+            self._pending.put_nowait(("on_server_down", self.on_server_down))
+        if event.recovered and self.on_server_recovered is not None:
+            self._pending.put_nowait(("on_server_recovered", self.on_server_recovered))
+
+    async def _run_callbacks(self) -> None:
+        while True:
+            what, callback = await self._pending.get()
+            try:
+                if inspect.iscoroutinefunction(callback):
+                    await callback()
+                else:
+                    await asyncio.to_thread(callback)
+            except Exception:
+                logger.exception("%s callback for %s raised; carrying on", what, self.url)
