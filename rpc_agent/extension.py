@@ -12,6 +12,7 @@ from typing import Any
 from flask import Flask
 from pydantic import ValidationError
 
+from rpc_agent.health_watch import HealthWatch, health_etag
 from rpc_agent.routes import build_blueprint
 from rpc_agent.schema import SchemaCache, SchemaProvider, empty_schema
 from rpc_agent.settings import AgentSettings
@@ -51,7 +52,10 @@ class RpcAgent:
         schema_provider: SchemaProvider | None = None,
     ) -> None:
         self.settings = settings if settings is not None else load_agent_settings()
-        self.schema_cache = SchemaCache(schema_provider or empty_schema)
+        self.health_watch = HealthWatch(self.settings.health_max_watchers)
+        self.schema_cache = SchemaCache(
+            schema_provider or empty_schema, on_change=self.health_watch.notify
+        )
         self.sse_manager = SseConnectionManager()
         self.instance_id = uuid.uuid4().hex
         self.version = package_version()
@@ -70,12 +74,21 @@ class RpcAgent:
         return self._shutdown.is_set()
 
     def begin_shutdown(self) -> None:
-        """Answer health with 503 from now on and send `RpcServerStop` to the SSE stream."""
+        """Answer health with 503 from now on, held watches at once, `RpcServerStop` to SSE."""
         if self._shutdown.is_set():
             return
         self._shutdown.set()
         logger.info("agent %s shutting down", self.instance_id)
+        self.health_watch.notify()
         self.sse_manager.shutdown()
+
+    def schema_changed(self) -> None:
+        """Tell held watches to look at the schema again (after the app changed it)."""
+        self.schema_cache.current()
+
+    def health_etag(self, body: dict[str, Any]) -> str:
+        """The health state's token, as sent in the `ETag` of /health."""
+        return health_etag(body["status"], body["instance_id"], body["schema_etag"])
 
     def health_body(self) -> dict[str, Any]:
         """The small JSON body of /health."""

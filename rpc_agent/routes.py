@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.wrappers import Response as BaseResponse
 
 from rpc_agent.auth import refuse_unless_signed
+from rpc_agent.health_watch import BadWait, parse_wait
 
 if TYPE_CHECKING:
     from rpc_agent.extension import RpcAgent
+
+logger = logging.getLogger(__name__)
 
 BLUEPRINT_NAME = "forest_rpc_agent"
 
@@ -25,10 +29,31 @@ def build_blueprint(agent: RpcAgent) -> Blueprint:
 
     @blueprint.get("/health")
     def health() -> Response:
-        response = jsonify(agent.health_body())
+        wait = request.args.get("wait")
+        if wait is not None:
+            try:
+                seconds = parse_wait(wait, agent.settings.health_max_wait)
+            except BadWait as error:
+                response = jsonify(error="bad_request", reason=str(error))
+                response.status_code = 400
+                return response
+            hold_while_unchanged(seconds)
+        body = agent.health_body()
+        response = jsonify(body)
         response.status_code = 503 if agent.shutting_down else 200
         response.headers["Cache-Control"] = "no-store"
+        response.headers["ETag"] = agent.health_etag(body)
         return response
+
+    def hold_while_unchanged(seconds: float) -> None:
+        """Hold the request while the state is the one the client last saw (a watch)."""
+        generation = agent.health_watch.generation
+        seen = request.headers.get("If-None-Match")
+        if seconds <= 0 or seen != agent.health_etag(agent.health_body()):
+            return
+        logger.debug("holding a health watch for up to %g s", seconds)
+        if not agent.health_watch.hold(seconds, generation):
+            logger.debug("over %d held watches: answering at once", agent.health_watch.max_watchers)
 
     @blueprint.get("/rpc-schema")
     def rpc_schema() -> BaseResponse:

@@ -32,17 +32,25 @@ def schema_etag(schema: Mapping[str, Any]) -> str:
 class SchemaCache:
     """Asks the provider for the schema and recomputes the ETag only when the content changed."""
 
-    def __init__(self, provider: SchemaProvider) -> None:
+    def __init__(
+        self, provider: SchemaProvider, on_change: Callable[[], None] | None = None
+    ) -> None:
         self._provider = provider
+        self._on_change = on_change
         self._lock = threading.Lock()
         self._schema: Schema | None = None
         self._etag = ""
 
     def current(self) -> tuple[Schema, str]:
-        """The provider's schema now and its ETag."""
+        """The provider's schema now and its ETag; `on_change` runs when the ETag moved."""
         fresh = self._provider()
+        changed = False
         with self._lock:
             if self._schema is None or fresh != self._schema:
+                changed = self._schema is not None
                 self._schema = copy.deepcopy(dict(fresh))
                 self._etag = schema_etag(self._schema)
-            return self._schema, self._etag
+            schema, etag = self._schema, self._etag
+        if changed and self._on_change is not None:
+            self._on_change()
+        return schema, etag

@@ -9,11 +9,13 @@ from rpc_common.serving import serve_until_signalled
 
 
 def serve_agent_until_signalled(app: Flask, agent: RpcAgent, host: str, port: int) -> None:
-    """Serve on cheroot; a stop signal begins the agent's shutdown and drains its SSE stream."""
+    """Serve on cheroot; a stop signal begins the agent's shutdown (health 503, held watches
+    and the SSE stream answered at once), then the server drains for
+    `shutdown_drain_seconds` before it stops."""
     serve_until_signalled(
         app,
         host,
         port,
         on_stop_signal=agent.begin_shutdown,
-        drained=lambda: agent.sse_manager.current is None,
+        drain_seconds=agent.settings.shutdown_drain_seconds,
     )

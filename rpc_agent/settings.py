@@ -18,6 +18,9 @@ class AgentSettings(AuthSecretSettings):
     allowed_clock_skew: float = Field(default=DEFAULT_CLOCK_SKEW, gt=0, le=86_400)
     sse_heartbeat_interval: float = Field(default=10.0, gt=0, le=3_600)
     url_prefix: str = "/forest"
+    health_max_wait: float = Field(default=30.0, ge=0, le=3_600)
+    health_max_watchers: int = Field(default=8, ge=0, le=100_000)
+    shutdown_drain_seconds: float = Field(default=1.0, ge=0, le=600)
 
     @field_validator("url_prefix")
     @classmethod

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from collections.abc import Callable
 from types import FrameType
 
@@ -28,12 +27,11 @@ def serve_until_signalled(
     *,
     threads: int = 16,
     on_stop_signal: Callable[[], None] | None = None,
-    drained: Callable[[], bool] | None = None,
     drain_seconds: float = 1.0,
     on_ready: Callable[[str, int], None] | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT; then call `on_stop_signal`, wait up to `drain_seconds`
-    for `drained()` to be true, and stop the server, joining its threads."""
+    """Serve until SIGTERM/SIGINT; then call `on_stop_signal`, keep serving for
+    `drain_seconds` (so that pollers see the shutdown), and stop, joining the threads."""
     stop_requested = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -67,9 +65,7 @@ def serve_until_signalled(
             pass
         if on_stop_signal is not None:
             on_stop_signal()
-        deadline = time.monotonic() + drain_seconds
-        while drained is not None and not drained() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        threading.Event().wait(drain_seconds)
         server.stop()
         serving.join()
         logger.info("stopped")

@@ -22,10 +22,11 @@ from rpc_common.signing import SignatureScheme
 from rpc_datasource.endpoint import AgentEndpoint
 from rpc_datasource.engine import new_session
 from rpc_datasource.events import ProbeEvent, ProbeHook
-from rpc_datasource.policy import ProbePolicy
+from rpc_datasource.policy import ProbeMode, ProbePolicy
 from rpc_datasource.probe import ProbeOutcome, probe_health
 from rpc_datasource.probe_logging import log_probe_event
 from rpc_datasource.stats import HealthStats, StatsRecorder
+from rpc_datasource.watch_mode import ProbeRequest
 from rpc_datasource.watcher import HealthWatcher
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class AsyncHealthCheckClient:
         failure_retry_interval: float | None = None,
         jitter: float = 0.1,
         recovery_threshold: int = 1,
+        mode: ProbeMode = "poll",
+        watch_wait: float = 25.0,
         signature_scheme: SignatureScheme = "v2",
         hooks: Sequence[ProbeHook] = (),
         session: aiohttp.ClientSession | None = None,
@@ -61,6 +64,8 @@ class AsyncHealthCheckClient:
             failure_retry_interval=failure_retry_interval,
             jitter=jitter,
             recovery_threshold=recovery_threshold,
+            mode=mode,
+            watch_wait=watch_wait,
         )
         self.endpoint = AgentEndpoint.from_health_url(
             url, auth_secret, scheme=signature_scheme, timeout=float(timeout)
@@ -128,9 +133,9 @@ class AsyncHealthCheckClient:
     ) -> None:
         await self.stop()
 
-    async def _probe(self) -> ProbeOutcome:
+    async def _probe(self, request: ProbeRequest) -> ProbeOutcome:
         assert self._session is not None
-        return await probe_health(self._session, self.endpoint)
+        return await probe_health(self._session, self.endpoint, request)
 
     def _queue_callbacks(self, event: ProbeEvent) -> None:
         if event.went_down and self.on_server_down is not None:

@@ -15,10 +15,11 @@ from rpc_datasource.endpoint import AgentEndpoint
 from rpc_datasource.engine import Engine, Spawned, new_session, shared_engine
 from rpc_datasource.events import ProbeEvent, ProbeHook
 from rpc_datasource.health_state import ProbeResult
-from rpc_datasource.policy import ProbePolicy
+from rpc_datasource.policy import ProbeMode, ProbePolicy
 from rpc_datasource.probe import ProbeOutcome, probe_health
 from rpc_datasource.probe_logging import log_probe_event
 from rpc_datasource.stats import HealthStats, StatsRecorder
+from rpc_datasource.watch_mode import ProbeRequest
 from rpc_datasource.watcher import HealthWatcher
 
 if TYPE_CHECKING:
@@ -49,6 +50,8 @@ class HealthCheckClient:
         failure_retry_interval: float | None = None,
         jitter: float = 0.1,
         recovery_threshold: int = 1,
+        mode: ProbeMode = "poll",
+        watch_wait: float = 25.0,
         signature_scheme: SignatureScheme = "v2",
         hooks: Sequence[ProbeHook] = (),
         rng: random.Random | None = None,
@@ -60,6 +63,8 @@ class HealthCheckClient:
             failure_retry_interval=failure_retry_interval,
             jitter=jitter,
             recovery_threshold=recovery_threshold,
+            mode=mode,
+            watch_wait=watch_wait,
         )
         self.endpoint = AgentEndpoint.from_health_url(
             url, auth_secret, scheme=signature_scheme, timeout=float(timeout)
@@ -101,6 +106,8 @@ class HealthCheckClient:
             on_server_down=on_server_down,
             on_server_recovered=on_server_recovered,
             recovery_threshold=settings.health_check_recovery_threshold,
+            mode=settings.health_check_mode,
+            watch_wait=settings.health_check_watch_wait,
             signature_scheme=settings.signature_scheme,
             **options,
         )
@@ -186,9 +193,9 @@ class HealthCheckClient:
         if engine is not None:
             self._callbacks.submit(engine.callback_executor, what, callback, *args)
 
-    async def _probe_on_engine(self) -> ProbeOutcome:
+    async def _probe_on_engine(self, request: ProbeRequest) -> ProbeOutcome:
         assert self._engine is not None
-        return await probe_health(self._engine.session, self.endpoint)
+        return await probe_health(self._engine.session, self.endpoint, request)
 
     def _fire_callbacks(self, event: ProbeEvent) -> None:
         if event.went_down:

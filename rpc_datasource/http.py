@@ -41,25 +41,26 @@ async def signed_get(
     *,
     max_bytes: int,
     extra_headers: dict[str, str] | None = None,
+    timeout: float | None = None,
 ) -> AgentResponse:
     """One freshly signed GET of `url`, redirects not followed.
 
-    `endpoint.timeout` bounds the whole request: name lookup, connect, headers and body, so
-    an agent that drip-feeds its answer fails at the deadline like one that never answers.
+    `timeout` (by default `endpoint.timeout`) bounds the whole request: name lookup,
+    connect, headers and body, so an agent that drip-feeds its answer fails at the deadline
+    like one that never answers.
     """
+    deadline = endpoint.timeout if timeout is None else timeout
     headers = endpoint.signed_headers(url, extra_headers)
     started = time.monotonic()
     try:
-        async with asyncio.timeout(endpoint.timeout):
+        async with asyncio.timeout(deadline):
             # A redirect is an answer of its own: following it would send our signature away.
             async with session.get(url, headers=headers, allow_redirects=False) as reply:
                 body = await _read_capped(reply, max_bytes)
                 kept = {name: reply.headers[name] for name in KEPT_HEADERS if name in reply.headers}
                 return AgentResponse(reply.status, kept, body, time.monotonic() - started)
     except TimeoutError:
-        raise AgentRequestError(
-            FailureReason.TIMEOUT, f"timed out after {endpoint.timeout:g} s"
-        ) from None
+        raise AgentRequestError(FailureReason.TIMEOUT, f"timed out after {deadline:g} s") from None
     except aiohttp.ClientConnectorDNSError as error:
         raise AgentRequestError(FailureReason.DNS, f"name lookup failed: {error}") from None
     except aiohttp.ClientConnectorError as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from typing import Literal
 
 from rpc_datasource.timing import (
     default_failure_retry_interval,
@@ -12,6 +13,8 @@ from rpc_datasource.timing import (
     jittered,
     worst_case_detection,
 )
+
+ProbeMode = Literal["poll", "watch"]
 
 
 def _check_positive(name: str, value: float) -> None:
@@ -39,6 +42,8 @@ class ProbePolicy:
     failure_retry_interval: float | None = None
     jitter: float = 0.1
     recovery_threshold: int = 1
+    mode: ProbeMode = "poll"
+    watch_wait: float = 25.0
 
     def __post_init__(self) -> None:
         _check_positive("polling_interval", self.polling_interval)
@@ -51,6 +56,9 @@ class ProbePolicy:
         if not (isinstance(self.jitter, int | float) and 0 <= self.jitter < 1):
             raise ValueError(f"jitter must be in [0, 1), got {self.jitter!r}")
         _check_count("recovery_threshold", self.recovery_threshold)
+        if self.mode not in ("poll", "watch"):
+            raise ValueError(f"mode must be 'poll' or 'watch', got {self.mode!r}")
+        _check_positive("watch_wait", self.watch_wait)
 
     @property
     def retry_interval(self) -> float:
@@ -60,14 +68,25 @@ class ProbePolicy:
 
     @property
     def detection_bound_s(self) -> float:
-        """The longest an outage can go unnoticed (see `timing.worst_case_detection`)."""
-        return worst_case_detection(
+        """The longest an outage can go unnoticed (see `timing.worst_case_detection`).
+
+        In watch mode a frozen agent is found when its held request times out, after
+        `watch_wait + timeout`, then N-1 re-probes; the polling bound still holds when the
+        agent does not hold watches, so the larger of the two is the bound.
+        """
+        polling = worst_case_detection(
             self.polling_interval,
             self.retry_interval,
             self.failure_threshold,
             self.timeout,
             self.jitter,
         )
+        if self.mode == "poll":
+            return polling
+        held = self.watch_wait + worst_case_detection(
+            0.0, self.retry_interval, self.failure_threshold, self.timeout, self.jitter
+        )
+        return max(polling, held)
 
     def first_delay(self, rng: random.Random) -> float:
         """Delay of a client's first probe: anywhere in its first interval."""

@@ -7,6 +7,7 @@ from pydantic import Field, field_validator
 from rpc_common.settings import AuthSecretSettings
 from rpc_common.signing import SignatureScheme
 from rpc_datasource.endpoint import DEFAULT_SCHEMA_MAX_BYTES
+from rpc_datasource.policy import ProbeMode
 
 
 class DatasourceSettings(AuthSecretSettings):
@@ -18,6 +19,8 @@ class DatasourceSettings(AuthSecretSettings):
     health_check_failure_threshold: int = Field(default=3, ge=1, le=1_000)
     health_check_timeout: float = Field(default=5.0, gt=0, le=600)
     health_check_recovery_threshold: int = Field(default=1, ge=1, le=1_000)
+    health_check_mode: ProbeMode = "poll"
+    health_check_watch_wait: float = Field(default=25.0, gt=0, le=3_600)
     schema_max_bytes: int = Field(default=DEFAULT_SCHEMA_MAX_BYTES, ge=1024)
     signature_scheme: SignatureScheme = "v2"
 

@@ -13,9 +13,15 @@ from collections.abc import Sequence
 
 from rpc_datasource.clock import Clock, LoopClock
 from rpc_datasource.events import ProbeEvent, ProbeHook, deliver
-from rpc_datasource.health_state import FailureReason, HealthStateMachine, ProbeResult
+from rpc_datasource.health_state import (
+    FailureReason,
+    HealthState,
+    HealthStateMachine,
+    ProbeResult,
+)
 from rpc_datasource.policy import ProbePolicy
 from rpc_datasource.probe import Probe, ProbeOutcome
+from rpc_datasource.watch_mode import ProbeRequest, WatchTracker
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +43,7 @@ class HealthWatcher:
         self.policy = policy
         self.machine = HealthStateMachine(policy.failure_threshold, policy.recovery_threshold)
         self._probe = probe
+        self._watch = WatchTracker(policy, name)
         self._hooks = tuple(hooks)
         self._clock = clock or LoopClock()
         self._rng = rng or random.Random()
@@ -46,10 +53,19 @@ class HealthWatcher:
         due = self._clock.now() + self.policy.first_delay(self._rng)
         while True:
             await self._clock.sleep(max(0.0, due - self._clock.now()))
-            lateness = self._clock.now() - due
-            result, latency = await self._guarded_probe()
-            self.observe(result, latency, lateness)
-            due = self._clock.now() + self.policy.next_delay(self.machine.in_transition, self._rng)
+            started = self._clock.now()
+            request = self._watch.next_request(self.machine.state is HealthState.UP)
+            outcome = await self._guarded_probe(request)
+            self.observe(outcome.result, outcome.latency_s, started - due)
+            delay = self._watch.delay_after(
+                request,
+                outcome.result.succeeded,
+                outcome.health_etag,
+                self._clock.now() - started,
+            )
+            if delay is None:
+                delay = self.policy.next_delay(self.machine.in_transition, self._rng)
+            due = self._clock.now() + delay
 
     def observe(self, result: ProbeResult, latency: float | None, lateness: float) -> ProbeEvent:
         """Feed one outcome to the state machine and the event to every hook."""
@@ -68,9 +84,10 @@ class HealthWatcher:
         deliver(event, self._hooks)
         return event
 
-    async def _guarded_probe(self) -> ProbeOutcome:
+    async def _guarded_probe(self, request: ProbeRequest) -> ProbeOutcome:
         try:
-            return await self._probe()
+            return await self._probe(request)
         except Exception as error:
             logger.exception("health probe of %s raised; counted as a failure", self.name)
-            return ProbeResult.failed(FailureReason.CONNECTION, f"probe raised {error!r}"), None
+            failure = ProbeResult.failed(FailureReason.CONNECTION, f"probe raised {error!r}")
+            return ProbeOutcome(failure, None)

@@ -84,8 +84,8 @@ def probe(url: str, **options: Any) -> ProbeResult:
 
     async def run() -> ProbeResult:
         async with new_session() as session:
-            result, _latency = await probe_health(session, endpoint_for(url, **options))
-            return result
+            outcome = await probe_health(session, endpoint_for(url, **options))
+            return outcome.result
 
     return asyncio.run(run())
 

@@ -18,6 +18,7 @@ from rpc_datasource.events import ProbeEvent
 from rpc_datasource.health_state import FailureReason, HealthState, ProbeResult
 from rpc_datasource.policy import ProbePolicy
 from rpc_datasource.probe import ProbeOutcome
+from rpc_datasource.watch_mode import ProbeRequest
 from rpc_datasource.watcher import HealthWatcher
 from tests.fake_clock import FakeClock, settle
 
@@ -34,16 +35,18 @@ class ScriptedAgent:
         self.starts: list[float] = []
         self.hang = False
         self.cancelled = 0
+        self.requests: list[ProbeRequest] = []
 
-    async def probe(self) -> ProbeOutcome:
+    async def probe(self, request: ProbeRequest) -> ProbeOutcome:
         self.starts.append(self.clock.now())
+        self.requests.append(request)
         if self.hang:
             try:
                 await asyncio.get_running_loop().create_future()
             except asyncio.CancelledError:
                 self.cancelled += 1
                 raise
-        return self.answer, 0.001
+        return ProbeOutcome(self.answer, 0.001)
 
 
 def watcher(
@@ -284,7 +287,7 @@ def test_a_probe_that_raises_is_a_failure_and_probing_goes_on(
         clock = FakeClock()
         calls: list[float] = []
 
-        async def broken_probe() -> ProbeOutcome:
+        async def broken_probe(request: ProbeRequest) -> ProbeOutcome:
             calls.append(clock.now())
             raise RuntimeError("probe bug on purpose")
 

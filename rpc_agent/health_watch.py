@@ -1,0 +1,74 @@
+"""Held health requests ("watch"): wait for the agent's state to change, bounded in number."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+import time
+
+
+class BadWait(ValueError):
+    """A `wait` query value that is not a finite number of seconds, 0 or more."""
+
+
+def parse_wait(value: str, cap: float) -> float:
+    """Seconds to hold, capped at `cap`; `BadWait` for anything but a finite number >= 0."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise BadWait("wait must be a number of seconds") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise BadWait("wait must be a finite number of seconds, 0 or more")
+    return min(seconds, cap)
+
+
+def health_etag(status: str, instance_id: str, schema_etag: str) -> str:
+    """A token of the health state, quoted as an ETag: it changes when any of the three does."""
+    digest = hashlib.sha256(f"{status}\n{instance_id}\n{schema_etag}".encode()).hexdigest()
+    return f'"{digest[:32]}"'
+
+
+class HealthWatch:
+    """Holds at most `max_watchers` requests until `notify()` or their wait runs out."""
+
+    def __init__(self, max_watchers: int) -> None:
+        self.max_watchers = max_watchers
+        self._changed = threading.Condition()
+        self._generation = 0
+        self._held = 0
+
+    @property
+    def held(self) -> int:
+        with self._changed:
+            return self._held
+
+    @property
+    def generation(self) -> int:
+        """Counts `notify()` calls: read it before reading the state a hold depends on."""
+        with self._changed:
+            return self._generation
+
+    def notify(self) -> None:
+        """The state changed: every held request answers now."""
+        with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
+
+    def hold(self, seconds: float, generation: int) -> bool:
+        """Wait up to `seconds` unless a `notify()` came after `generation`; False, at once,
+        when over the bound."""
+        deadline = time.monotonic() + seconds
+        with self._changed:
+            if self._held >= self.max_watchers:
+                return False
+            self._held += 1
+            try:
+                while self._generation == generation:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._changed.wait(remaining)
+            finally:
+                self._held -= 1
+        return True

@@ -1,0 +1,84 @@
+"""Watch mode's decisions (pure): when the next probe is a held request, and when it is sent.
+
+In watch mode a client keeps one held request (`GET /health?wait=S` with `If-None-Match`)
+open while the agent is up, and sends the next one as soon as an answer comes. An answer
+that comes back early with nothing changed means the agent did not hold it (an agent
+without watch support, or over its watcher bound): the client then asks at
+`polling_interval` instead, still as a watch, until the agent holds again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from rpc_datasource.policy import ProbePolicy
+
+logger = logging.getLogger(__name__)
+
+# A held answer with no change comes at the end of the wait; one this early was not held.
+EARLY_ANSWER_S = 0.5
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    """What one probe asks: a plain health request, or a watch held up to `wait` seconds."""
+
+    wait: float | None = None
+    if_none_match: str | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.wait is not None
+
+
+PLAIN = ProbeRequest()
+
+
+class WatchTracker:
+    """Remembers the last health ETag seen and whether the agent holds watches."""
+
+    def __init__(self, policy: ProbePolicy, name: str) -> None:
+        self.policy = policy
+        self.name = name
+        self.health_etag: str | None = None
+        self.not_holding = False
+
+    def next_request(self, agent_up: bool) -> ProbeRequest:
+        """A watch while the agent is up and its state's ETag is known; else a plain probe."""
+        if self.policy.mode != "watch" or not agent_up or self.health_etag is None:
+            return PLAIN
+        return ProbeRequest(wait=self.policy.watch_wait, if_none_match=self.health_etag)
+
+    def delay_after(
+        self, request: ProbeRequest, succeeded: bool, health_etag: str | None, took_s: float
+    ) -> float | None:
+        """0 to send the next request at once; None for the policy's usual delay."""
+        if self.policy.mode != "watch":
+            return None
+        if not succeeded:
+            self.health_etag = None
+            return None
+        self.health_etag = health_etag
+        if health_etag is None:
+            self._stop_holding("gives no health ETag")
+            return None
+        early = took_s < min(EARLY_ANSWER_S, 0.5 * (request.wait or 0.0))
+        if request.held and health_etag == request.if_none_match and early:
+            self._stop_holding("answered a watch at once with nothing changed")
+            return None
+        if request.held and self.not_holding:
+            self.not_holding = False
+            logger.info("%s holds watches again", self.name)
+        return 0.0
+
+    def _stop_holding(self, why: str) -> None:
+        if self.not_holding:
+            return
+        self.not_holding = True
+        logger.info(
+            "%s %s (no watch support, or over its watcher bound): polling every %g s",
+            self.name,
+            why,
+            self.policy.polling_interval,
+        )
