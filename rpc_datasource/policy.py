@@ -15,6 +15,7 @@ from rpc_datasource.timing import (
 )
 
 ProbeMode = Literal["poll", "watch"]
+WATCH_START_SPREAD_S = 1.0
 
 
 def _check_positive(name: str, value: float) -> None:
@@ -89,8 +90,12 @@ class ProbePolicy:
         return max(polling, held)
 
     def first_delay(self, rng: random.Random) -> float:
-        """Delay of a client's first probe: anywhere in its first interval."""
-        return first_probe_delay(self.polling_interval, rng)
+        """Delay of a client's first probe: anywhere in its first interval (in watch mode,
+        in its first second at most: the held requests follow at once anyway)."""
+        spread = self.polling_interval
+        if self.mode == "watch":
+            spread = min(spread, WATCH_START_SPREAD_S)
+        return first_probe_delay(spread, rng)
 
     def next_delay(self, in_transition: bool, rng: random.Random) -> float:
         """Delay to the next probe: the retry interval while a state change is being confirmed."""

@@ -120,16 +120,19 @@ def wait_until_ready(warehouse: Warehouse) -> None:
 
 
 @contextmanager
-def running_warehouse(db_path: Path, log_dir: Path) -> Iterator[Warehouse]:
-    """Start the command, wait until it is ready, and always end and reap it afterwards."""
+def running_warehouse(
+    db_path: Path, log_dir: Path, *, port: int | None = None, settings: dict[str, str] | None = None
+) -> Iterator[Warehouse]:
+    """Start the command (on `port`, with extra `FOREST_*` settings if given), wait until it
+    is ready, and always end and reap it afterwards."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     stderr_path = log_dir / f"warehouse-{port}.stderr"
     with stderr_path.open("wb") as stderr_file:
         process = subprocess.Popen(
             command(port, db_path),
             cwd=REPO_ROOT,
-            env=warehouse_env(),
+            env={**warehouse_env(), **(settings or {})},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=stderr_file,
@@ -140,6 +143,7 @@ def running_warehouse(db_path: Path, log_dir: Path) -> Iterator[Warehouse]:
             yield warehouse
         finally:
             if process.poll() is None:
+                process.send_signal(signal.SIGCONT)  # a test may have left it stopped
                 process.terminate()
                 try:
                     process.wait(timeout=EXIT_DEADLINE)
