@@ -1,11 +1,13 @@
-"""Shared helpers for the benchmarks: agent processes, thread/fd/CPU probes, limits, reports."""
+"""Shared helpers for the benchmarks: child processes (agents, hung servers), probes of this
+process (threads, fds), bounded waits, and small report utilities."""
 
 from __future__ import annotations
 
+import ctypes
 import json
-import logging
 import os
 import resource
+import select
 import signal
 import socket
 import subprocess
@@ -13,25 +15,32 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from rpc_datasource.http import AgentRequestError, new_session, signed_get
-from rpc_datasource.scheduler import WORKER_THREAD_PREFIX, shared_scheduler
+from rpc_datasource import HealthCheckClient
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HEALTH_PATH = "/forest/health"
 THREAD_PREFIX = "rpc-health"
+# The engine runs 1 loop thread + at most 2 resolver threads (rpc_datasource/engine.py);
+# the acceptance limit for probing threads is 4.
+PROBING_THREAD_LIMIT = 4
 READY_DEADLINE_S = 30.0
 EXIT_DEADLINE_S = 15.0
+STOP_ALL_DEADLINE_S = 60.0
+CLEANUP_DEADLINE_S = 10.0
 START_ATTEMPTS = 3
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PR_SET_PDEATHSIG = 1
 
-assert WORKER_THREAD_PREFIX.startswith(THREAD_PREFIX)
+
+def die_with_parent() -> None:
+    """`preexec_fn` of every child: SIGTERM it if the benchmark dies, even by SIGKILL (Linux)."""
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -49,65 +58,46 @@ def agent_env(secret: str) -> dict[str, str]:
     return env
 
 
+def health_url(port: int) -> str:
+    """The signed health route of whatever listens on `port` of 127.0.0.1."""
+    return f"http://127.0.0.1:{port}{HEALTH_PATH}"
+
+
 @dataclass
 class Agent:
     """One `python -m examples.warehouse` process and where its output goes."""
 
     index: int
     port: int
-    db_path: Path
     log_path: Path
     process: subprocess.Popen[bytes]
 
     @property
     def health_url(self) -> str:
-        """The agent's signed health route."""
-        return f"http://127.0.0.1:{self.port}{HEALTH_PATH}"
+        return health_url(self.port)
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of the agent's output, for error messages."""
         try:
-            text = self.log_path.read_text(errors="replace")
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU the agent process has used so far (0 once it has gone)."""
-        try:
-            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        except OSError:
-            return 0.0
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 @dataclass
 class AgentFleet:
-    """Starts warehouse agents in a work directory; always cleans them up."""
+    """Starts warehouse agents in a work directory; `kill_leftovers` always cleans up."""
 
     workdir: Path
     secret: str
-    log_level: str = "WARNING"
     agents: list[Agent] = field(default_factory=list)
 
     def _spawn(self, index: int) -> Agent:
         port = free_port()
-        db_path = self.workdir / f"warehouse-{index}.db"
         log_path = self.workdir / f"agent-{index}-{port}.log"
-        command = [
-            sys.executable,
-            "-m",
-            "examples.warehouse",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--db",
-            str(db_path),
-            "--log-level",
-            self.log_level,
-        ]
+        command = [sys.executable, "-m", "examples.warehouse", "--host", "127.0.0.1"]
+        command += ["--port", str(port), "--db", str(self.workdir / f"warehouse-{index}.db")]
+        command += ["--log-level", "WARNING"]
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 command,
@@ -117,8 +107,9 @@ class AgentFleet:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches only us; we stop the agents ourselves.
+                preexec_fn=die_with_parent,
             )
-        return Agent(index, port, db_path, log_path, process)
+        return Agent(index, port, log_path, process)
 
     def start(self, count: int, deadline_s: float = READY_DEADLINE_S) -> float:
         """Start `count` agents and wait until each answers a signed health probe; seconds taken."""
@@ -143,8 +134,8 @@ class AgentFleet:
         for agent in self.agents:
             if agent.process.poll() is None:
                 agent.process.send_signal(signal.SIGTERM)
-        codes: dict[str, int | None] = {}
         deadline = time.monotonic() + deadline_s
+        codes: dict[str, int | None] = {}
         for agent in self.agents:
             try:
                 codes[f"agent-{agent.index}"] = agent.process.wait(
@@ -155,44 +146,83 @@ class AgentFleet:
         return codes
 
     def kill_leftovers(self) -> None:
-        """Last resort for the `finally` path: terminate, then kill, whatever still runs."""
-        for agent in self.agents:
-            if agent.process.poll() is None:
-                agent.process.terminate()
-        for agent in self.agents:
-            try:
-                agent.process.wait(5.0)
-            except subprocess.TimeoutExpired:
-                agent.process.kill()
-                agent.process.wait(5.0)
+        """Last resort for the `finally` path: whatever still runs is terminated, then killed."""
+        stop_processes(agent.process for agent in self.agents)
 
-    def cpu_seconds(self) -> float:
-        """CPU used so far by all the agents together."""
-        return sum(agent.cpu_seconds() for agent in self.agents)
+
+def stop_processes(processes: Iterable[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each process still running, then SIGKILL those not gone within 5 s."""
+    running = [process for process in processes if process.poll() is None]
+    for process in running:
+        process.terminate()
+    for process in running:
+        try:
+            process.wait(5.0)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5.0)
 
 
 def wait_healthy(agent: Agent, secret: str, deadline: float) -> bool:
-    """Poll the agent's signed /health until a 200 or the deadline; False if it never came."""
-    session = new_session()
-    try:
-        while time.monotonic() < deadline:
-            if agent.process.poll() is not None:
-                return False
-            try:
-                reply = signed_get(session, agent.health_url, secret, timeout=1.0)
-                if reply.status == 200 and json.loads(reply.body).get("status") == "ok":
-                    return True
-            except (AgentRequestError, ValueError):
-                pass
-            time.sleep(0.1)
-        return False
-    finally:
-        session.close()
+    """Probe the agent (the library's one-off probe) until it is healthy or the deadline."""
+    client = HealthCheckClient(agent.health_url, secret, timeout=1.0)
+    while time.monotonic() < deadline:
+        if agent.process.poll() is not None:
+            return False
+        if client.probe_now().succeeded:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@dataclass
+class HungServers:
+    """The `bench.hung_servers` child process: one never-answering and one full-backlog port."""
+
+    process: subprocess.Popen[bytes]
+    ports: dict[str, int]
+
+    @classmethod
+    def start(cls, lifetime_s: float, deadline_s: float = 10.0) -> HungServers:
+        """Start it and read the ports it announces; it exits by itself after `lifetime_s`."""
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bench.hung_servers", "--max-seconds", str(lifetime_s)],
+            cwd=REPO_ROOT,
+            stdin=subprocess.PIPE,  # its lifeline: it exits when we close this (or die)
+            stdout=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+        assert process.stdout is not None
+        readable, _, _ = select.select([process.stdout], [], [], deadline_s)
+        line = process.stdout.readline() if readable else b""
+        if not line:
+            stop_processes([process])
+            raise RuntimeError(f"bench.hung_servers not ready within {deadline_s:g} s")
+        return cls(process, json.loads(line))
+
+    def url(self, kind: str) -> str:
+        """The health URL of the `never_answers` or `full_backlog` server."""
+        return health_url(self.ports[kind])
+
+    def close(self) -> None:
+        """Close its lifeline (it then exits by itself) and make sure it is gone."""
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(2.0)
+        except subprocess.TimeoutExpired:
+            stop_processes([self.process])
 
 
 def health_threads() -> list[str]:
-    """Names of the live threads belonging to the shared health scheduler."""
+    """Names of the live threads of the shared health engine (loop, resolvers)."""
     return [t.name for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX)]
+
+
+def engine_threads() -> list[str]:
+    """The engine's threads still alive: loop, resolvers and callback pool (`rpc-*`)."""
+    return [t.name for t in threading.enumerate() if t.name.startswith("rpc-")]
 
 
 def os_thread_count() -> int:
@@ -208,111 +238,13 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-NET_COUNTERS = {
-    "Tcp": ("ActiveOpens", "PassiveOpens", "RetransSegs"),
-    "TcpExt": ("ListenOverflows", "ListenDrops", "TCPSynRetrans", "TW"),
-}
-
-
-def net_counters() -> dict[str, int]:
-    """A few TCP counters of this network namespace (/proc/net/snmp and /proc/net/netstat)."""
-    counters: dict[str, int] = {}
-    for source in ("/proc/net/snmp", "/proc/net/netstat"):
-        try:
-            lines = Path(source).read_text().splitlines()
-        except OSError:
-            continue
-        for names, values in zip(lines[::2], lines[1::2], strict=False):
-            group, _, keys = names.partition(": ")
-            table = dict(zip(keys.split(), values.split()[1:], strict=False))
-            for key in NET_COUNTERS.get(group, ()):
-                if key in table:
-                    counters[key] = int(table[key])
-    return counters
-
-
-def counter_deltas(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    """`after - before`, key by key."""
-    return {key: after[key] - before.get(key, 0) for key in after}
-
-
-def time_wait_sockets() -> int:
-    """TCP sockets in TIME-WAIT in this network namespace right now."""
-    count = 0
-    for source in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(source) as table:
-                next(table, None)
-                count += sum(1 for line in table if line.split()[3] == "06")
-        except OSError:
-            continue
-    return count
-
-
-class ConnectionCounter(logging.Filter):
-    """Counts this process's new TCP connections from urllib3's debug records, then drops them."""
-
-    NEW = "Starting new HTTP connection"
-    RESET = "Resetting dropped connection"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.new = 0
-        self.reset = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Count a connect (fresh or after the pooled one was found closed); emit nothing."""
-        message = str(record.msg)
-        if message.startswith(self.NEW):
-            self.new += 1
-        elif message.startswith(self.RESET):
-            self.reset += 1
-        return False
-
-    @property
-    def connects(self) -> int:
-        """TCP connects so far: fresh pool connections plus reconnects of dropped ones."""
-        return self.new + self.reset
-
-
-@contextmanager
-def counting_connections() -> Iterator[ConnectionCounter]:
-    """Count urllib3 connects in this process for the duration of the block."""
-    pool_logger = logging.getLogger("urllib3.connectionpool")
-    counter = ConnectionCounter()
-    level = pool_logger.level
-    pool_logger.addFilter(counter)
-    pool_logger.setLevel(logging.DEBUG)
-    try:
-        yield counter
-    finally:
-        pool_logger.setLevel(level)
-        pool_logger.removeFilter(counter)
-
-
-def thread_bound() -> int:
-    """The documented bound on rpc-health threads: one scheduler plus the worker pool."""
-    return 1 + shared_scheduler.max_workers
-
-
-def raise_fd_limit(needed: int) -> dict[str, Any]:
-    """Raise the soft RLIMIT_NOFILE towards `needed` (never past the hard limit); what was done."""
+def raise_fd_limit(needed: int) -> int:
+    """Raise the soft RLIMIT_NOFILE towards `needed` (never past the hard limit); the new one."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    report: dict[str, Any] = {
-        "soft_before": soft,
-        "hard": hard,
-        "needed": needed,
-        "raised": False,
-    }
     if soft != resource.RLIM_INFINITY and soft < needed:
         target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        report["raised"] = True
-    report["soft_after"] = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    report["enough"] = report["soft_after"] == resource.RLIM_INFINITY or (
-        report["soft_after"] >= needed
-    )
-    return report
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def wait_until(predicate: Callable[[], bool], deadline_s: float, step_s: float = 0.05) -> float:
@@ -346,6 +278,12 @@ def run_bounded(action: Callable[[], None], deadline_s: float, name: str) -> tup
     return not worker.is_alive(), elapsed
 
 
+def stop_all(clients: list[HealthCheckClient]) -> None:
+    """Stop every client, one after another, as an application shutting down would."""
+    for client in clients:
+        client.stop()
+
+
 def thread_stacks(prefixes: tuple[str, ...] = (THREAD_PREFIX, "bench-")) -> str:
     """Stacks of the threads whose names start with one of `prefixes` (for hang reports)."""
     frames = sys._current_frames()
@@ -377,6 +315,17 @@ def percentile(values: list[float], fraction: float) -> float:
         return 0.0
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+def verdict(name: str, passed: bool | None, detail: str) -> dict[str, Any]:
+    """One acceptance line: passed is None when it does not apply to this run."""
+    return {"check": name, "passed": passed, "detail": detail}
+
+
+def render_verdicts(verdicts: list[dict[str, Any]]) -> list[str]:
+    """`PASS`/`FAIL`/`n/a` lines for the judge step."""
+    labels = {True: "PASS", False: "FAIL", None: "n/a "}
+    return [f"  {labels[v['passed']]}  {v['check']}: {v['detail']}" for v in verdicts]
 
 
 def write_json(path: Path | None, report: dict[str, Any]) -> None:

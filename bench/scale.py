@@ -1,4 +1,11 @@
-"""`python -m bench.scale`: many HealthCheckClients in one process against N real agents."""
+"""`python -m bench.scale`: many HealthCheckClients in one process, some watching hung agents.
+
+Healthy clients watch real warehouse agents; a `--hung` share watches the servers of
+`bench.hung_servers` (one that accepts and never answers, one whose accept queue is full).
+Every client reports each probe to a hook (on the engine's loop) that only appends to
+lists; the main thread samples the process every 0.5 s. At the end all clients are stopped
+one after another and a judge prints PASS/FAIL per acceptance line.
+"""
 
 from __future__ import annotations
 
@@ -7,40 +14,118 @@ import gc
 import logging
 import os
 import platform
+import random
 import secrets
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench._support import (
+    CLEANUP_DEADLINE_S,
+    PROBING_THREAD_LIMIT,
+    STOP_ALL_DEADLINE_S,
     AgentFleet,
-    counter_deltas,
-    counting_connections,
+    HungServers,
+    engine_threads,
     health_threads,
-    net_counters,
     open_fds,
     os_thread_count,
     percentile,
     raise_fd_limit,
+    render_verdicts,
     run_bounded,
     sigterm_as_interrupt,
-    thread_bound,
+    stop_all,
     thread_stacks,
-    time_wait_sockets,
+    verdict,
     wait_until,
     write_json,
 )
-from rpc_datasource import HealthCheckClient
-from rpc_datasource.scheduler import shared_scheduler
+from rpc_datasource import HealthCheckClient, ProbeEvent
+from rpc_datasource.engine import shared_engine
 
 SAMPLE_EVERY_S = 0.5
 FD_HEADROOM = 256
-THREADS_GONE_DEADLINE_S = 10.0
+HUNG_KINDS = {
+    "never-answers": ("never_answers",),
+    "full-backlog": ("full_backlog",),
+    "both": ("never_answers", "full_backlog"),
+}
+# Acceptance figures (see bench/README.md).
+LATENESS_P99_LIMIT_MS = 100.0
+RATE_FLOOR_PCT = 97.0
+STOP_ALL_LIMIT_S = 1.0
+IDLE_CPU_LIMIT_PCT = 2.0
+IDLE_INTERVAL_S = 30.0
+
+
+@dataclass
+class Recorder:
+    """Where the hooks write. Only the engine's loop thread writes; the main thread reads."""
+
+    lateness: list[float] = field(default_factory=list)  # healthy clients only
+    healthy_failures: Counter[str] = field(default_factory=Counter)
+    false_downs: int = 0
+    hung_probes: int = 0
+    down_at: list[float | None] = field(default_factory=list)
+    down_callbacks: list[int] = field(default_factory=list)  # appended on rpc-callback threads
+
+    def healthy_hook(self, event: ProbeEvent) -> None:
+        """Lateness of every healthy probe; a failure or a down is a surprise worth keeping."""
+        self.lateness.append(event.lateness_s)
+        if event.actions:
+            self.false_downs += event.went_down
+        if not event.result.succeeded:
+            self.healthy_failures[str(event.reason)] += 1
+
+    def hung_hook(self) -> Callable[[ProbeEvent], None]:
+        """The hook of one more hung client: counts its probes, notes when it went down."""
+        index = len(self.down_at)
+        self.down_at.append(None)
+
+        def hook(event: ProbeEvent) -> None:
+            self.hung_probes += 1
+            if event.actions and event.went_down and self.down_at[index] is None:
+                self.down_at[index] = time.monotonic()
+
+        return hook
+
+
+class ConnectCounter:
+    """Counts the TCP connections this process's aiohttp connector opens to the agents.
+
+    It wraps `_create_connection` of the engine session's connector (an aiohttp internal,
+    called only when no pooled connection is free), so it costs nothing per reused
+    connection and misses none, however short-lived.
+    """
+
+    def __init__(self, ports: set[int]) -> None:
+        self.ports = ports
+        self.count = 0
+        self.installed = False
+
+    def install(self) -> None:
+        """Wrap the running engine's connector (call after the first client started)."""
+        engine = shared_engine.current()
+        connector = engine.session.connector if engine is not None else None
+        original = getattr(connector, "_create_connection", None)
+        if original is None:
+            return
+
+        async def counting(request: Any, *args: Any, **kwargs: Any) -> Any:
+            protocol = await original(request, *args, **kwargs)
+            if request.url.port in self.ports:
+                self.count += 1
+            return protocol
+
+        connector._create_connection = counting  # type: ignore[union-attr]
+        self.installed = True
 
 
 @dataclass(frozen=True)
@@ -48,13 +133,15 @@ class Sample:
     """One look at the process, taken every `SAMPLE_EVERY_S` seconds."""
 
     t_s: float
+    cpu_user_s: float
+    cpu_sys_s: float
+    healthy_probes: int
+    probes: int
+    connects: int
+    rpc_health_threads: int
     threads: int
-    health_threads: int
     os_threads: int
     fds: int
-    cpu_pct: float
-    probes: int
-    failures: int
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -63,344 +150,374 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--agents", type=int, default=4)
     parser.add_argument("--interval", type=float, default=1.0, help="polling interval, s")
-    parser.add_argument("--duration", type=float, default=20.0, help="measuring time, s")
     parser.add_argument("--timeout", type=float, default=2.0, help="probe timeout, s")
     parser.add_argument("--failure-threshold", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=20.0, help="measuring time, s")
+    parser.add_argument("--hung", type=float, default=0.0, help="share of hung clients, 0-1")
+    parser.add_argument("--hung-kind", choices=sorted(HUNG_KINDS), default="both")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
     if args.clients < 1 or args.agents < 1 or args.interval <= 0 or args.duration <= 0:
         parser.error("--clients and --agents must be >= 1, --interval and --duration > 0")
+    if not 0 <= args.hung < 1:
+        parser.error("--hung must be in [0, 1)")
     return args
 
 
-def totals(clients: list[HealthCheckClient], latencies: list[float]) -> tuple[int, int]:
-    """Probes and failures summed over all clients; appends each last probe latency seen."""
-    probes = failures = 0
-    for client in clients:
-        stats = client.stats()
-        probes += stats.probes
-        failures += stats.failures
-        if stats.last_latency_s is not None:
-            latencies.append(stats.last_latency_s)
-    return probes, failures
+def plan_targets(args: argparse.Namespace) -> list[str]:
+    """What each client watches, shuffled: "agent" or a hung server kind."""
+    hung = round(args.clients * args.hung)
+    kinds = HUNG_KINDS[args.hung_kind]
+    targets = [kinds[i % len(kinds)] for i in range(hung)] + ["agent"] * (args.clients - hung)
+    random.Random(0).shuffle(targets)
+    return targets
+
+
+def make_clients(
+    args: argparse.Namespace,
+    fleet: AgentFleet,
+    hung_servers: HungServers | None,
+    recorder: Recorder,
+    clients: list[HealthCheckClient],
+) -> tuple[list[HealthCheckClient], list[HealthCheckClient]]:
+    """Fill `clients` (the start and stop order); the healthy ones and the hung ones.
+
+    Healthy clients go round-robin over the agents.
+    """
+    healthy: list[HealthCheckClient] = []
+    hung: list[HealthCheckClient] = []
+    options = {
+        "polling_interval": args.interval,
+        "failure_threshold": args.failure_threshold,
+        "timeout": args.timeout,
+    }
+    for target in plan_targets(args):
+        if target == "agent":
+            url = fleet.agents[len(healthy) % len(fleet.agents)].health_url
+            client = HealthCheckClient(url, fleet.secret, **options, hooks=(recorder.healthy_hook,))
+            healthy.append(client)
+        else:
+            assert hung_servers is not None
+            client = HealthCheckClient(
+                hung_servers.url(target),
+                fleet.secret,
+                **options,
+                on_server_down=lambda: recorder.down_callbacks.append(1),
+                hooks=(recorder.hung_hook(),),
+            )
+            hung.append(client)
+        clients.append(client)
+    return healthy, hung
+
+
+def take_sample(t0: float, recorder: Recorder, connects: ConnectCounter) -> Sample:
+    """The process right now."""
+    healthy = len(recorder.lateness)
+    cpu = os.times()
+    return Sample(
+        t_s=round(time.monotonic() - t0, 3),
+        cpu_user_s=cpu.user,
+        cpu_sys_s=cpu.system,
+        healthy_probes=healthy,
+        probes=healthy + recorder.hung_probes,
+        connects=connects.count,
+        rpc_health_threads=len(health_threads()),
+        threads=threading.active_count(),
+        os_threads=os_thread_count(),
+        fds=open_fds(),
+    )
 
 
 def sample_loop(
-    clients: list[HealthCheckClient], duration: float
-) -> tuple[list[Sample], float, list[float]]:
-    """Sample every `SAMPLE_EVERY_S` for `duration`: samples, mean sampling cost, latencies."""
-    samples: list[Sample] = []
-    latencies: list[float] = []
-    started = time.monotonic()
-    cpu_before = time.process_time()
-    wall_before = started
-    cost = 0.0
-    tick = 1
-    while tick * SAMPLE_EVERY_S <= duration + 1e-9:
-        time.sleep(max(0.0, started + tick * SAMPLE_EVERY_S - time.monotonic()))
-        now, cpu_now = time.monotonic(), time.process_time()
-        cpu_pct = 100.0 * (cpu_now - cpu_before) / max(1e-9, now - wall_before)
-        cpu_before, wall_before = cpu_now, now
-        probes, failures = totals(clients, latencies)
-        samples.append(
-            Sample(
-                t_s=round(now - started, 3),
-                threads=threading.active_count(),
-                health_threads=len(health_threads()),
-                os_threads=os_thread_count(),
-                fds=open_fds(),
-                cpu_pct=round(cpu_pct, 1),
-                probes=probes,
-                failures=failures,
-            )
-        )
-        cost += time.monotonic() - now
-        tick += 1
-    return samples, cost / max(1, len(samples)), latencies
+    t0: float, duration: float, recorder: Recorder, connects: ConnectCounter
+) -> list[Sample]:
+    """A sample at t0 and then every `SAMPLE_EVERY_S` until `duration` (bounded)."""
+    samples = [take_sample(t0, recorder, connects)]
+    for tick in range(1, int(duration / SAMPLE_EVERY_S + 1e-9) + 1):
+        time.sleep(max(0.0, t0 + tick * SAMPLE_EVERY_S - time.monotonic()))
+        samples.append(take_sample(t0, recorder, connects))
+    return samples
 
 
-def probe_rates(samples: list[Sample], interval: float) -> tuple[float, float]:
-    """Overall probes/s over the run, and steady-state probes/s after the first interval."""
+def steady_window(samples: list[Sample], interval: float) -> tuple[Sample, Sample]:
+    """First and last sample of the steady part: from one interval in, if that leaves as much."""
     last = samples[-1]
-    overall = last.probes / last.t_s
-    steady = [s for s in samples if s.t_s >= interval]
-    if len(steady) < 2:
-        return overall, overall
-    first = steady[0]
-    return overall, (last.probes - first.probes) / (last.t_s - first.t_s)
+    warm_up = interval if last.t_s >= 2 * interval else 0.0
+    first = next(s for s in samples if s.t_s >= warm_up - 1e-9)
+    return first, last
 
 
-def error_summary(clients: list[HealthCheckClient], top: int = 5) -> dict[str, int]:
-    """The most common last errors among clients that failed at least once."""
-    errors: Counter[str] = Counter()
+def start_all(clients: list[HealthCheckClient], on_first: Callable[[], None]) -> dict[int, float]:
+    """Start the clients in order; when each was started (monotonic), by `id(client)`."""
+    started: dict[int, float] = {}
     for client in clients:
-        stats = client.stats()
-        if stats.failures:
-            errors[stats.last_error or "?"] += 1
-    return dict(errors.most_common(top))
+        started[id(client)] = time.monotonic()
+        client.start()
+        if len(started) == 1:
+            on_first()
+    return started
 
 
-def stop_all(clients: list[HealthCheckClient]) -> None:
-    """Stop every client, one after another, as an application shutting down would."""
-    for client in clients:
-        client.stop()
-
-
-def measure(
-    fleet: AgentFleet, clients: list[HealthCheckClient], args: argparse.Namespace
+def run_mix(
+    args: argparse.Namespace,
+    fleet: AgentFleet,
+    hung_servers: HungServers | None,
+    clients: list[HealthCheckClient],
 ) -> dict[str, Any]:
-    """Start the clients, sample, stop them, stop the agents; the report."""
-    bound = thread_bound()
-    baseline_threads, baseline_fds = threading.active_count(), open_fds()
-    for index in range(args.clients):
-        agent = fleet.agents[index % len(fleet.agents)]
-        clients.append(
-            HealthCheckClient(
-                agent.health_url,
-                fleet.secret,
-                polling_interval=args.interval,
-                failure_threshold=args.failure_threshold,
-                timeout=args.timeout,
-            )
-        )
-    agent_cpu_before, net_before = fleet.cpu_seconds(), net_counters()
-    with counting_connections() as connections:
-        started = time.monotonic()
-        for client in clients:
-            client.start()
-        start_all_s = time.monotonic() - started
-        samples, sampling_cost_s, latencies = sample_loop(clients, args.duration)
-    wall_s = time.monotonic() - started
-    agent_cpu_pct = 100.0 * (fleet.cpu_seconds() - agent_cpu_before) / wall_s
-    net = counter_deltas(net_before, net_counters())
-    time_wait = time_wait_sockets()
-    scheduler = shared_scheduler.current()
-    lateness = scheduler.lateness() if scheduler is not None else None
-    errors = error_summary(clients)
-    fds_at_end = open_fds()
+    """Start every client, sample for `--duration`, stop them all; the raw report."""
+    recorder = Recorder()
+    healthy, hung = make_clients(args, fleet, hung_servers, recorder, clients)
+    connects = ConnectCounter({agent.port for agent in fleet.agents})
+    threads_before, fds_before = threading.active_count(), open_fds()
 
-    stop_deadline = 60.0 + bound * (args.timeout + 1.0)
-    stopped, stop_all_s = run_bounded(lambda: stop_all(clients), stop_deadline, "stop-all")
+    t0 = time.monotonic()
+    started_at = start_all(clients, connects.install)
+    start_all_s = time.monotonic() - t0
+    samples = sample_loop(t0, args.duration, recorder, connects)
+
+    stopped, stop_all_s = run_bounded(lambda: stop_all(clients), STOP_ALL_DEADLINE_S, "stop-all")
     stacks = "" if stopped else thread_stacks()
-    gone_s = wait_until(lambda: not health_threads(), THREADS_GONE_DEADLINE_S)
-    leftover = health_threads()
+    clean_s = wait_until(lambda: not engine_threads(), CLEANUP_DEADLINE_S)
     gc.collect()
-    threads_after, fds_after = threading.active_count(), open_fds()
-    exit_codes = fleet.terminate()
-
-    overall_rate, steady_rate = probe_rates(samples, args.interval)
-    expected_rate = args.clients / args.interval
-    steady_cpu = [s.cpu_pct for s in samples if s.t_s >= args.interval] or [0.0]
-    max_health = max(s.health_threads for s in samples)
-    max_total = max(s.threads for s in samples)
-    report: dict[str, Any] = {
-        "config": {
-            "clients": args.clients,
-            "agents": args.agents,
-            "clients_per_agent": round(args.clients / args.agents, 1),
-            "interval_s": args.interval,
-            "duration_s": args.duration,
-            "timeout_s": args.timeout,
-            "failure_threshold": args.failure_threshold,
-        },
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "threads": {
-            "baseline": baseline_threads,
-            "max_total": max_total,
-            "max_rpc_health": max_health,
-            "max_os_threads": max(s.os_threads for s in samples),
-            "bound_rpc_health": bound,
-            "bound_total": baseline_threads + bound,
-            "within_bound": max_health <= bound and max_total <= baseline_threads + bound,
-        },
-        "cpu": {
-            "client_process_mean_pct": round(sum(steady_cpu) / len(steady_cpu), 1),
-            "client_process_max_pct": max(steady_cpu),
-            "agents_total_mean_pct": round(agent_cpu_pct, 1),
-            "sampling_cost_ms": round(1000 * sampling_cost_s, 1),
-        },
-        "probes": {
-            "total": samples[-1].probes,
-            "overall_per_s": round(overall_rate, 1),
-            "steady_per_s": round(steady_rate, 1),
-            "expected_per_s": round(expected_rate, 1),
-            "steady_vs_expected_pct": round(100 * steady_rate / expected_rate, 1),
-        },
-        "lateness": {
-            "samples": lateness.samples if lateness else 0,
-            "p50_ms": round(1000 * lateness.p50_s, 2) if lateness else None,
-            "p99_ms": round(1000 * lateness.p99_s, 2) if lateness else None,
-            "max_ms": round(1000 * lateness.max_s, 2) if lateness else None,
-        },
-        "latency": {
-            "sampled": len(latencies),
-            "p50_ms": round(1000 * percentile(latencies, 0.5), 2),
-            "p99_ms": round(1000 * percentile(latencies, 0.99), 2),
-            "max_ms": round(1000 * max(latencies, default=0.0), 2),
-            "over_1s": sum(1 for latency in latencies if latency >= 1.0),
-            "note": "each client's last probe latency, read at every sample",
-        },
-        "tcp": {
-            "connects": connections.connects,
-            "reconnects_of_dropped": connections.reset,
-            "connects_per_probe": round(connections.connects / max(1, samples[-1].probes), 3),
-            "reconnects_per_later_probe": round(
-                max(0, connections.connects - args.clients)
-                / max(1, samples[-1].probes - args.clients),
-                3,
-            ),
-            "listen_overflows": net.get("ListenOverflows"),
-            "listen_drops": net.get("ListenDrops"),
-            "syn_retransmits": net.get("TCPSynRetrans"),
-            "time_wait_at_end": time_wait,
-            "note": "connects: this process (urllib3); the rest: whole network namespace",
-        },
-        "failures": {"count": samples[-1].failures, "last_errors": errors},
-        "fds": {
-            "baseline": baseline_fds,
-            "max": max(s.fds for s in samples),
-            "at_end": fds_at_end,
-            "after_stop": fds_after,
-        },
-        "stop": {
-            "start_all_s": round(start_all_s, 3),
-            "stop_all_s": round(stop_all_s, 3),
-            "stop_finished": stopped,
-            "threads_gone_after_s": round(gone_s, 3),
-            "leftover_rpc_health": leftover,
-            "threads_after_stop": threads_after,
-        },
-        "agents": {
-            "exit_codes": exit_codes,
-            "all_exit_zero": all(code == 0 for code in exit_codes.values()),
-        },
-        "samples": [asdict(sample) for sample in samples],
+    hung_started = [started_at[id(client)] for client in hung]
+    report = summarize(args, recorder, samples, healthy, hung, hung_started, connects)
+    report["stop"] = {
+        "start_all_s": round(start_all_s, 3),
+        "stop_all_s": round(stop_all_s, 3),
+        "stop_finished": stopped,
+        "engine_threads_gone_after_s": round(clean_s, 3),
+        "threads_left": engine_threads(),
+        "threads_before": threads_before,
+        "threads_after": threading.active_count(),
+        "fds_before": fds_before,
+        "fds_after": open_fds(),
     }
     if stacks:
         report["stop"]["stacks"] = stacks
     return report
 
 
-def judge(report: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Problems (make the run fail) and warnings (worth a look) found in the report."""
-    problems, warnings = [], []
-    threads, stop = report["threads"], report["stop"]
-    if threads["max_rpc_health"] > threads["bound_rpc_health"]:
-        problems.append(
-            f"rpc-health threads peaked at {threads['max_rpc_health']} "
-            f"> bound {threads['bound_rpc_health']}"
-        )
-    if threads["max_total"] > threads["bound_total"]:
-        problems.append(
-            f"process threads peaked at {threads['max_total']} > baseline + bound "
-            f"{threads['bound_total']}"
-        )
-    if not stop["stop_finished"]:
-        problems.append(f"stopping all clients did not finish in {stop['stop_all_s']:.0f} s")
-    if stop["leftover_rpc_health"]:
-        problems.append(f"threads left after stop: {stop['leftover_rpc_health']}")
-    if not report["agents"]["all_exit_zero"]:
-        problems.append(f"agent exit codes after SIGTERM: {report['agents']['exit_codes']}")
-    if report["failures"]["count"]:
-        warnings.append(
-            f"{report['failures']['count']} failed probes: {report['failures']['last_errors']}"
-        )
-    if report["probes"]["steady_vs_expected_pct"] < 90:
-        warnings.append(
-            f"probe rate {report['probes']['steady_per_s']}/s is under 90 % of the "
-            f"expected {report['probes']['expected_per_s']}/s"
-        )
-    tcp = report["tcp"]
-    if tcp["reconnects_per_later_probe"] > 0.1:
-        warnings.append(
-            f"keep-alive connections not reused: {tcp['connects']} TCP connects for "
-            f"{report['probes']['total']} probes of {report['config']['clients']} clients "
-            f"({tcp['reconnects_per_later_probe']} new connections per probe after each "
-            "client's first)"
-        )
-    if tcp["listen_overflows"] or tcp["listen_drops"]:
-        warnings.append(
-            f"listen queue overflowed {tcp['listen_overflows']} times "
-            f"({tcp['listen_drops']} drops, {tcp['syn_retransmits']} SYN retransmits)"
-        )
-    if (report["lateness"]["p99_ms"] or 0) > 100:
-        warnings.append(f"start lateness p99 {report['lateness']['p99_ms']} ms > 100 ms")
-    return problems, warnings
+def summarize(
+    args: argparse.Namespace,
+    recorder: Recorder,
+    samples: list[Sample],
+    healthy: list[HealthCheckClient],
+    hung: list[HealthCheckClient],
+    hung_started: list[float],
+    connects: ConnectCounter,
+) -> dict[str, Any]:
+    """The figures of one mix, from the samples and what the hooks recorded."""
+    first, last = steady_window(samples, args.interval)
+    window_s = max(1e-9, last.t_s - first.t_s)
+    window_probes = last.probes - first.probes
+    window_healthy = last.healthy_probes - first.healthy_probes
+    user_s, sys_s = last.cpu_user_s - first.cpu_user_s, last.cpu_sys_s - first.cpu_sys_s
+    cpu_s = user_s + sys_s
+    per_probe = 1e6 / max(1, window_probes)
+    expected = len(healthy) * window_s / args.interval
+    lateness = list(recorder.lateness)
+    detections = [
+        down - start
+        for down, start in zip(recorder.down_at, hung_started, strict=True)
+        if down is not None
+    ]
+    return {
+        "config": {
+            **{k: v for k, v in vars(args).items() if k != "json"},
+            "healthy_clients": len(healthy),
+            "hung_clients": len(hung),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "window": {"from_s": first.t_s, "to_s": last.t_s},
+        "healthy": {
+            "lateness_p50_ms": round(1000 * percentile(lateness, 0.5), 2),
+            "lateness_p99_ms": round(1000 * percentile(lateness, 0.99), 2),
+            "lateness_max_ms": round(1000 * max(lateness, default=0.0), 2),
+            "lateness_samples": len(lateness),
+            "probes_in_window": window_healthy,
+            "expected_in_window": round(expected, 1),
+            "rate_vs_expected_pct": round(100 * window_healthy / max(1e-9, expected), 1),
+            "failures": dict(recorder.healthy_failures),
+            "false_downs": recorder.false_downs,
+        },
+        "hung": {
+            "clients": len(hung),
+            "down": len(detections),
+            "down_callbacks_run": len(recorder.down_callbacks),
+            "detection_p50_s": round(percentile(detections, 0.5), 3),
+            "detection_max_s": round(max(detections, default=0.0), 3),
+            "detection_bound_s": round(hung[0].detection_bound_s, 3) if hung else None,
+            "probes": recorder.hung_probes,
+            "last_reasons": dict(Counter(str(c.stats().last_reason) for c in hung)),
+        },
+        "cpu": {
+            "process_cpu_s": round(cpu_s, 3),
+            "pct_of_one_core": round(100 * cpu_s / window_s, 2),
+            "probes": window_probes,
+            "probes_per_s": round(window_probes / window_s, 1),
+            "us_per_probe": round(cpu_s * per_probe, 1),
+            "user_us_per_probe": round(user_s * per_probe, 1),
+            "sys_us_per_probe": round(sys_s * per_probe, 1),
+        },
+        "tcp": {
+            "counted": connects.installed,
+            "agent_connects_total": last.connects,
+            "agent_connects_in_window": last.connects - first.connects,
+            "reconnects_per_probe": round(
+                (last.connects - first.connects) / max(1, window_healthy), 3
+            ),
+        },
+        "threads": {
+            "max_rpc_health": max(s.rpc_health_threads for s in samples),
+            "max_total": max(s.threads for s in samples),
+            "max_os": max(s.os_threads for s in samples),
+            "max_fds": max(s.fds for s in samples),
+        },
+        "samples": [asdict(s) for s in samples],
+    }
+
+
+def judge(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One PASS/FAIL (or n/a) line per acceptance figure."""
+    config, healthy, hung = report["config"], report["healthy"], report["hung"]
+    stop, threads, cpu = report["stop"], report["threads"], report["cpu"]
+    has_hung = hung["clients"] > 0
+    idle = config["interval"] >= IDLE_INTERVAL_S
+    return [
+        verdict(
+            "healthy start lateness p99 <= 100 ms",
+            healthy["lateness_p99_ms"] <= LATENESS_P99_LIMIT_MS,
+            f"{healthy['lateness_p99_ms']} ms",
+        ),
+        verdict(
+            "healthy probe rate >= 97 % of expected",
+            healthy["rate_vs_expected_pct"] >= RATE_FLOOR_PCT,
+            f"{healthy['rate_vs_expected_pct']} %",
+        ),
+        verdict("no false downs", healthy["false_downs"] == 0, f"{healthy['false_downs']}"),
+        verdict(
+            "every hung client down within detection_bound_s",
+            (
+                hung["down"] == hung["clients"]
+                and hung["detection_max_s"] <= hung["detection_bound_s"]
+            )
+            if has_hung
+            else None,
+            f"{hung['down']}/{hung['clients']} down, max {hung['detection_max_s']} s "
+            f"vs bound {hung['detection_bound_s']} s",
+        ),
+        verdict(
+            "stop-all <= 1 s",
+            stop["stop_finished"] and stop["stop_all_s"] <= STOP_ALL_LIMIT_S,
+            f"{stop['stop_all_s']} s",
+        ),
+        verdict(
+            f"rpc-health* threads <= {PROBING_THREAD_LIMIT}",
+            threads["max_rpc_health"] <= PROBING_THREAD_LIMIT,
+            f"max {threads['max_rpc_health']}",
+        ),
+        verdict(
+            "engine threads gone after stop",
+            not stop["threads_left"],
+            f"left: {stop['threads_left'] or 'none'}",
+        ),
+        verdict(
+            f"CPU < {IDLE_CPU_LIMIT_PCT:g} % of one core at a {IDLE_INTERVAL_S:g} s interval",
+            cpu["pct_of_one_core"] < IDLE_CPU_LIMIT_PCT if idle else None,
+            f"{cpu['pct_of_one_core']} %",
+        ),
+        verdict(
+            "agents exited 0 after SIGTERM",
+            all(code == 0 for code in report["agent_exit_codes"].values()),
+            f"{report['agent_exit_codes']}",
+        ),
+    ]
 
 
 def render(report: dict[str, Any]) -> str:
     """The report as readable text."""
-    c, t, cpu, p = report["config"], report["threads"], report["cpu"], report["probes"]
-    late, fds, stop, lim = report["lateness"], report["fds"], report["stop"], report["fd_limit"]
+    c, h, g, cpu = report["config"], report["healthy"], report["hung"], report["cpu"]
+    tcp, t, s, w = report["tcp"], report["threads"], report["stop"], report["window"]
+    hung_kind = f": {c['hung_kind']}" if c["hung_clients"] else ""
     lines = [
-        f"bench.scale: {c['clients']} clients over {c['agents']} agents "
-        f"({c['clients_per_agent']} each), interval {c['interval_s']:g} s, "
-        f"timeout {c['timeout_s']:g} s, threshold {c['failure_threshold']}, "
-        f"{c['duration_s']:g} s measured, {report['machine']['cpus']} CPUs, "
-        f"Python {report['machine']['python']}",
-        f"  fd limit      soft {lim['soft_before']} -> {lim['soft_after']} (hard {lim['hard']}, "
-        f"needed ~{lim['needed']}, raised: {lim['raised']})",
-        f"  agents ready  {report['agents_ready_s']:.2f} s",
-        f"  threads       max total {t['max_total']} (baseline {t['baseline']}, bound "
-        f"{t['bound_total']}), max rpc-health {t['max_rpc_health']} (bound "
-        f"{t['bound_rpc_health']}), max OS threads {t['max_os_threads']} -> "
-        f"{'OK' if t['within_bound'] else 'EXCEEDED'}",
-        f"  CPU           client process mean {cpu['client_process_mean_pct']} % / max "
-        f"{cpu['client_process_max_pct']} % of one core; agents together "
-        f"{cpu['agents_total_mean_pct']} % (sampling cost {cpu['sampling_cost_ms']} ms / 0.5 s)",
-        f"  probes        {p['total']} total, steady {p['steady_per_s']}/s vs expected "
-        f"{p['expected_per_s']}/s ({p['steady_vs_expected_pct']} %), overall "
-        f"{p['overall_per_s']}/s incl. the first-interval ramp-up",
-        f"  lateness      p50 {late['p50_ms']} ms, p99 {late['p99_ms']} ms, max "
-        f"{late['max_ms']} ms ({late['samples']} samples)",
-        f"  latency       p50 {report['latency']['p50_ms']} ms, p99 "
-        f"{report['latency']['p99_ms']} ms, max {report['latency']['max_ms']} ms, "
-        f"{report['latency']['over_1s']} >= 1 s ({report['latency']['sampled']} sampled)",
-        f"  TCP           {report['tcp']['connects']} connects "
-        f"({report['tcp']['reconnects_per_later_probe']} per probe after each client's first), "
-        f"listen overflows "
-        f"{report['tcp']['listen_overflows']}, SYN retransmits {report['tcp']['syn_retransmits']}, "
-        f"TIME-WAIT sockets at end {report['tcp']['time_wait_at_end']}",
-        f"  failures      {report['failures']['count']} {report['failures']['last_errors'] or ''}",
-        f"  open fds      baseline {fds['baseline']}, max {fds['max']}, at end {fds['at_end']}, "
-        f"after stop {fds['after_stop']}",
-        f"  start/stop    start-all {stop['start_all_s']} s, stop-all {stop['stop_all_s']} s "
-        f"(finished: {stop['stop_finished']}), rpc-health threads gone after "
-        f"{stop['threads_gone_after_s']} s, left: {stop['leftover_rpc_health'] or 'none'}, "
-        f"threads after stop {stop['threads_after_stop']}",
-        f"  agents exit   {report['agents']['exit_codes']}",
+        f"bench.scale: {c['clients']} clients ({c['healthy_clients']} healthy over "
+        f"{c['agents']} agents, {c['hung_clients']} hung{hung_kind}), interval "
+        f"{c['interval']:g} s, timeout {c['timeout']:g} s, threshold {c['failure_threshold']}, "
+        f"{c['duration']:g} s, {c['cpus']} CPUs, Python {c['python']}",
+        f"  window        {w['from_s']} s to {w['to_s']} s after start-all",
+        f"  healthy       lateness p50 {h['lateness_p50_ms']} / p99 {h['lateness_p99_ms']} / max "
+        f"{h['lateness_max_ms']} ms ({h['lateness_samples']} probes); rate "
+        f"{h['rate_vs_expected_pct']} % of expected ({h['probes_in_window']} / "
+        f"{h['expected_in_window']}); failures {h['failures'] or 0}; false downs "
+        f"{h['false_downs']}",
+        f"  hung          {g['down']}/{g['clients']} down; from start to down p50 "
+        f"{g['detection_p50_s']} s, max {g['detection_max_s']} s vs detection_bound_s "
+        f"{g['detection_bound_s']}; down callbacks run {g['down_callbacks_run']}; reasons "
+        f"{g['last_reasons'] or '-'}",
+        f"  CPU           {cpu['us_per_probe']} us per probe (user {cpu['user_us_per_probe']} + "
+        f"sys {cpu['sys_us_per_probe']}; {cpu['process_cpu_s']} s for "
+        f"{cpu['probes']} probes, {cpu['probes_per_s']}/s), {cpu['pct_of_one_core']} % of one core",
+        f"  TCP           {tcp['agent_connects_in_window']} new connections to the agents in the "
+        f"window = {tcp['reconnects_per_probe']} per healthy probe "
+        f"({tcp['agent_connects_total']} in all{'' if tcp['counted'] else ', NOT COUNTED'})",
+        f"  threads       max rpc-health* {t['max_rpc_health']}, max total {t['max_total']} "
+        f"(kernel {t['max_os']}), max fds {t['max_fds']}",
+        f"  stop          start-all {s['start_all_s']} s, stop-all {s['stop_all_s']} s; engine "
+        f"threads gone after {s['engine_threads_gone_after_s']} s; threads {s['threads_before']}"
+        f" -> {s['threads_after']}, fds {s['fds_before']} -> {s['fds_after']}",
+        f"  agents exit   {report['agent_exit_codes']}",
     ]
-    for problem in report["problems"]:
-        lines.append(f"  PROBLEM       {problem}")
-    for warning in report["warnings"]:
-        lines.append(f"  warning       {warning}")
-    lines.append(f"  result        {'OK' if report['ok'] else 'FAILED'}")
-    if "stacks" in stop:
-        lines.append(stop["stacks"])
+    if report["warnings"]:
+        lines += [f"  warning       {warning}" for warning in report["warnings"]]
+    lines.append("judge:")
+    lines += render_verdicts(report["verdicts"])
+    lines.append(f"result: {'PASS' if report['ok'] else 'FAIL'}")
+    if "stacks" in s:
+        lines.append(s["stacks"])
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; 0 when the thread bound held and nothing was left behind."""
-    args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.ERROR, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    fd_limit = raise_fd_limit(args.clients + FD_HEADROOM)
-    secret = secrets.token_hex(32)
+def warnings_for(args: argparse.Namespace, report: dict[str, Any]) -> list[str]:
+    """Things that make a figure meaningless rather than failed."""
+    warnings = []
+    bound = report["hung"]["detection_bound_s"]
+    if bound is not None and args.duration < bound:
+        warnings.append(f"--duration {args.duration:g} s is shorter than the bound {bound} s")
+    if not report["tcp"]["counted"]:
+        warnings.append("aiohttp connector has no _create_connection: connections not counted")
+    return warnings
+
+
+def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Start the agents and hung servers, run the mix, stop everything (always)."""
+    fleet = AgentFleet(workdir, secrets.token_hex(32))
+    hung_servers: HungServers | None = None
     clients: list[HealthCheckClient] = []
+    try:
+        fleet.start(args.agents)
+        if args.hung > 0:
+            hung_servers = HungServers.start(lifetime_s=args.duration + 300.0)
+        report = run_mix(args, fleet, hung_servers, clients)
+        report["agent_exit_codes"] = fleet.terminate()
+        return report
+    finally:
+        run_bounded(lambda: stop_all(clients), STOP_ALL_DEADLINE_S, "cleanup")
+        if hung_servers is not None:
+            hung_servers.close()
+        fleet.kill_leftovers()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; 0 when every acceptance line that applies passed."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    raise_fd_limit(args.clients + FD_HEADROOM)
     with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="bench-scale-") as workdir:
-        fleet = AgentFleet(Path(workdir), secret)
-        try:
-            ready_s = fleet.start(args.agents)
-            report = measure(fleet, clients, args)
-        finally:
-            run_bounded(lambda: stop_all(clients), 60.0, "cleanup")
-            fleet.kill_leftovers()
-    report["fd_limit"] = fd_limit
-    report["agents_ready_s"] = round(ready_s, 3)
-    report["problems"], report["warnings"] = judge(report)
-    report["ok"] = not report["problems"]
+        report = run(args, Path(workdir))
+    report["warnings"] = warnings_for(args, report)
+    report["verdicts"] = judge(report)
+    report["ok"] = all(v["passed"] is not False for v in report["verdicts"])
     print(render(report))
     write_json(args.json, report)
     return 0 if report["ok"] else 1
@@ -410,5 +527,5 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except KeyboardInterrupt:
-        print("interrupted: clients stopped, agents terminated", file=sys.stderr)
+        print("interrupted: clients stopped, child processes terminated", file=sys.stderr)
         sys.exit(130)
