@@ -149,8 +149,9 @@ class HealthCheckClient:
             self._engine = shared_engine.acquire()
             self._task = self._engine.spawn(self._watcher.run())
         logger.info(
-            "watching %s every %g s (down after %d failures, within %.1f s)",
+            "watching %s (%s mode) every %g s (down after %d failures, within %.1f s)",
             self.url,
+            self.policy.mode,
             self.polling_interval,
             self.failure_threshold,
             self.detection_bound_s,

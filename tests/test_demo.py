@@ -19,19 +19,22 @@ def test_demo_tells_the_whole_story_and_exits_zero() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    story = [
-        "warehouse up",
-        "master connected: collections manufacturers, products",
-        "warehouse killed",
-        "outage detected in",
-        "migration applied: products.weight_grams",
-        "warehouse back up",
-        "RECOVERED after",
-        "SCHEMA RELOADED: +field products.weight_grams",
-        "each event seen exactly once",
-        "stopped cleanly",
-        "demo passed",
-    ]
+    story = ["warehouse up"]
+    for mode, column in (("poll", "weight_grams"), ("watch", "color")):
+        story += [
+            f"[{mode}] master connected: collections manufacturers, products",
+            f"[{mode}] warehouse stopping gracefully (SIGTERM)",
+            f"[{mode}] graceful stop detected in",
+            f"[{mode}] warehouse restarted",
+            f"[{mode}] master: RECOVERED after",
+            f"[{mode}] warehouse killed (SIGKILL)",
+            f"[{mode}] outage detected in",
+            f"[{mode}] migration applied: products.{column}",
+            f"[{mode}] warehouse back up",
+            f"[{mode}] master: SCHEMA RELOADED: +field products.{column}",
+            f"[{mode}] each event seen exactly once per outage",
+        ]
+    story += ["time from the stop to the master's DOWN line", "stopped cleanly", "demo passed"]
     positions = [result.stdout.find(step) for step in story]
     assert all(position >= 0 for position in positions), result.stdout
     assert positions == sorted(positions), result.stdout

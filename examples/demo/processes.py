@@ -86,16 +86,24 @@ class ChildProcess:
         self._process.wait()
         self._reader.join()
 
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM and wait; the exit code, or None if it had to be killed."""
+    def terminate(self) -> None:
+        """SIGTERM, without waiting: a graceful stop under way."""
         if self._process.poll() is None:
             self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-                self._reader.join()
-                return None
+
+    def wait(self, timeout: float = 15.0) -> int | None:
+        """The exit code, or None if it had to be killed after `timeout` seconds."""
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+            self._reader.join()
+            return None
         self._reader.join()
         return self._process.returncode
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM and wait; the exit code, or None if it had to be killed."""
+        self.terminate()
+        return self.wait(timeout)
