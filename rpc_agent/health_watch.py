@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import threading
 import time
 
@@ -12,13 +13,16 @@ class BadWait(ValueError):
     """A `wait` query value that is not a finite number of seconds, 0 or more."""
 
 
+# ASCII decimal seconds, e.g. 25, 0.5, .5, 1e-3: no sign, no spaces, no `_`, no other digits.
+_DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def parse_wait(value: str, cap: float) -> float:
-    """Seconds to hold, capped at `cap`; `BadWait` for anything but a finite number >= 0."""
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise BadWait("wait must be a number of seconds") from None
-    if not math.isfinite(seconds) or seconds < 0:
+    """Seconds to hold, capped at `cap`; `BadWait` for anything but a finite decimal >= 0."""
+    if not _DECIMAL.fullmatch(value):
+        raise BadWait("wait must be a finite decimal number of seconds, 0 or more")
+    seconds = float(value)
+    if not math.isfinite(seconds):
         raise BadWait("wait must be a finite number of seconds, 0 or more")
     return min(seconds, cap)
 

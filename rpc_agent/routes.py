@@ -49,7 +49,8 @@ def build_blueprint(agent: RpcAgent) -> Blueprint:
         """Hold the request while the state is the one the client last saw (a watch)."""
         generation = agent.health_watch.generation
         seen = request.headers.get("If-None-Match")
-        if seconds <= 0 or seen != agent.health_etag(agent.health_body()):
+        unchanged = seen == agent.health_etag(agent.health_body())
+        if seconds <= 0 or agent.shutting_down or not unchanged:
             return
         logger.debug("holding a health watch for up to %g s", seconds)
         if not agent.health_watch.hold(seconds, generation):
