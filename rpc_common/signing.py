@@ -54,9 +54,12 @@ def parse_timestamp(value: str) -> datetime | None:
         return None
 
 
+EMPTY_BODY_DIGEST = hashlib.sha256(b"").hexdigest()
+
+
 def body_digest(body: bytes) -> str:
     """Lowercase hex SHA-256 of a request body (of b"" when there is none)."""
-    return hashlib.sha256(body).hexdigest()
+    return hashlib.sha256(body).hexdigest() if body else EMPTY_BODY_DIGEST
 
 
 def _hmac_hex(secret: str, message: str) -> str:

@@ -17,8 +17,13 @@ class Clock(Protocol):
 class LoopClock:
     """The running event loop's clock: `loop.time()` and `asyncio.sleep` (no tick)."""
 
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+
     def now(self) -> float:
-        return asyncio.get_running_loop().time()
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop.time()
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -18,6 +19,7 @@ DEFAULT_HEALTH_MAX_BYTES = 64 * 1024
 DEFAULT_SCHEMA_MAX_BYTES = 64 * 1024 * 1024
 
 
+@functools.lru_cache(maxsize=1024)
 def request_target(url: str) -> str:
     """The path and query of `url`, as the v2 signature binds them."""
     parts = urlsplit(url)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 from rpc_datasource.health_state import Action, FailureReason, HealthState, ProbeResult
 
@@ -32,15 +33,16 @@ class ProbeEvent:
     def reason(self) -> FailureReason | None:
         return self.result.reason
 
-    @property
+    # Computed once per event: every hook asks, and Flag membership is slow.
+    @cached_property
     def went_down(self) -> bool:
         return Action.FIRE_DOWN in self.actions
 
-    @property
+    @cached_property
     def recovered(self) -> bool:
         return Action.FIRE_RECOVERED in self.actions
 
-    @property
+    @cached_property
     def restarted(self) -> bool:
         return Action.NEW_INSTANCE in self.actions
 
@@ -67,8 +69,9 @@ def get_probe_hooks() -> tuple[ProbeHook, ...]:
 
 def deliver(event: ProbeEvent, hooks: Iterable[ProbeHook]) -> None:
     """Hand `event` to each hook, then to the process-wide ones; one that raises is logged."""
-    for hook in (*hooks, *_global_hooks):
-        try:
-            hook(event)
-        except Exception:
-            logger.exception("probe hook %r raised on %s; carrying on", hook, event.client)
+    for group in (hooks, _global_hooks):
+        for hook in group:
+            try:
+                hook(event)
+            except Exception:
+                logger.exception("probe hook %r raised on %s; carrying on", hook, event.client)

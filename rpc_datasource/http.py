@@ -79,9 +79,12 @@ async def signed_get(
 async def _read_capped(reply: aiohttp.ClientResponse, max_bytes: int) -> bytes:
     """The (decoded) body, refused as soon as it passes `max_bytes`."""
     too_large = AgentRequestError(FailureReason.BAD_BODY, f"body over {max_bytes} bytes")
-    if reply.content_length is not None and reply.content_length > max_bytes:
+    declared = reply.content_length
+    if declared is not None and declared > max_bytes:
         reply.close()
         raise too_large
+    if declared is not None and not reply.headers.get("Content-Encoding"):
+        return await reply.read()  # exactly `declared` bytes: within the cap
     body = bytearray()
     async for chunk in reply.content.iter_any():
         body += chunk

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from rpc_datasource.timing import (
+    coalesced,
     default_failure_retry_interval,
     first_probe_delay,
     jittered,
@@ -16,6 +17,9 @@ from rpc_datasource.timing import (
 
 ProbeMode = Literal["poll", "watch"]
 WATCH_START_SPREAD_S = 1.0
+# Probe times snap to a grid this fine at least, and at most this coarse (see `next_due`).
+FINEST_GRID_S = 0.1
+COARSEST_GRID_S = 1.0
 
 
 def _check_positive(name: str, value: float) -> None:
@@ -99,5 +103,20 @@ class ProbePolicy:
 
     def next_delay(self, in_transition: bool, rng: random.Random) -> float:
         """Delay to the next probe: the retry interval while a state change is being confirmed."""
-        base = self.retry_interval if in_transition else self.polling_interval
-        return jittered(base, self.jitter, rng)
+        return jittered(self._base(in_transition), self.jitter, rng)
+
+    def next_due(self, now: float, in_transition: bool, rng: random.Random) -> float:
+        """When the next probe is due: `now + next_delay`, moved to the nearest point of a
+        time grid that lies inside the jitter window, so that many clients share wake-ups.
+
+        The result always stays within the jitter bounds of the interval; with no jitter
+        (or a window narrower than the grid) it is exactly `now + next_delay`.
+        """
+        base = self._base(in_transition)
+        target = now + jittered(base, self.jitter, rng)
+        spread = base * self.jitter
+        grid = min(COARSEST_GRID_S, max(FINEST_GRID_S, spread / 2))
+        return coalesced(target, now + base - spread, now + base + spread, grid)
+
+    def _base(self, in_transition: bool) -> float:
+        return self.retry_interval if in_transition else self.polling_interval

@@ -47,7 +47,6 @@ class StatsRecorder:
         self._outage_probes = 0
 
     def __call__(self, event: ProbeEvent) -> None:
-        now = datetime.now(UTC)
         with self._lock:
             self._probes += 1
             self._last_latency_s = event.latency_s
@@ -63,12 +62,12 @@ class StatsRecorder:
                 self._last_error = event.result.cause
                 self._last_reason = event.reason
                 if event.consecutive_failures == 1 and event.state_before is not HealthState.DOWN:
-                    self._outage_started = now
+                    self._outage_started = datetime.now(UTC)
                     self._outage_started_monotonic = time.monotonic()
                 self._outage_probes = event.consecutive_failures
             if event.state_after is not self._state:
                 self._state = event.state_after
-                self._state_since = now
+                self._state_since = datetime.now(UTC)
 
     def snapshot(self) -> HealthStats:
         with self._lock:

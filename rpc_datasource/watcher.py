@@ -50,22 +50,22 @@ class HealthWatcher:
 
     async def run(self) -> None:
         """Probe until cancelled; cancelling it also cancels the probe in flight."""
-        due = self._clock.now() + self.policy.first_delay(self._rng)
+        clock = self._clock
+        due = clock.now() + self.policy.first_delay(self._rng)
         while True:
-            await self._clock.sleep(max(0.0, due - self._clock.now()))
-            started = self._clock.now()
+            await clock.sleep(max(0.0, due - clock.now()))
+            started = clock.now()
             request = self._watch.next_request(self.machine.state is HealthState.UP)
             outcome = await self._guarded_probe(request)
             self.observe(outcome.result, outcome.latency_s, started - due)
+            ended = clock.now()
             delay = self._watch.delay_after(
-                request,
-                outcome.result.succeeded,
-                outcome.health_etag,
-                self._clock.now() - started,
+                request, outcome.result.succeeded, outcome.health_etag, ended - started
             )
             if delay is None:
-                delay = self.policy.next_delay(self.machine.in_transition, self._rng)
-            due = self._clock.now() + delay
+                due = self.policy.next_due(ended, self.machine.in_transition, self._rng)
+            else:
+                due = ended + delay
 
     def observe(self, result: ProbeResult, latency: float | None, lateness: float) -> ProbeEvent:
         """Feed one outcome to the state machine and the event to every hook."""

@@ -298,3 +298,41 @@ def test_property_detection_bound_matches_timing(
     )
     assert policy.detection_bound_s == expected
     assert policy.detection_bound_s >= polling_interval + failure_threshold * timeout
+
+
+# --- next_due: coalesced, always within the jitter window --------------------------------------
+
+
+@pytest.mark.parametrize("in_transition", [False, True])
+@pytest.mark.parametrize("seed", range(20))
+def test_next_due_stays_within_the_jitter_window(in_transition: bool, seed: int) -> None:
+    policy = ProbePolicy(polling_interval=30.0, failure_retry_interval=5.0, jitter=0.1)
+    rng = random.Random(seed)
+    now = 1000.0 + seed * 0.37
+    base = 5.0 if in_transition else 30.0
+    for _ in range(50):
+        due = policy.next_due(now, in_transition, rng)
+        assert now + base * 0.9 - 1e-9 <= due <= now + base * 1.1 + 1e-9
+
+
+def test_next_due_lands_many_clients_on_few_grid_points() -> None:
+    policy = ProbePolicy(polling_interval=1.0, jitter=0.1)
+    rng = random.Random(7)
+    dues = {round(policy.next_due(100.0 + index * 0.001, False, rng), 6) for index in range(1000)}
+    # 1,000 clients ending their probes over one second, each with a 0.2 s window: their next
+    # probes share the 13 grid points of [100.9, 102.1] instead of 1,000 instants.
+    assert len(dues) <= 13
+
+
+def test_next_due_without_jitter_is_exact() -> None:
+    policy = ProbePolicy(polling_interval=2.0, jitter=0.0)
+    assert policy.next_due(10.037, False, random.Random(1)) == pytest.approx(12.037)
+
+
+def test_next_due_of_a_short_interval_is_not_moved() -> None:
+    # A 50 ms interval's jitter window is narrower than the grid: the target is kept.
+    policy = ProbePolicy(polling_interval=0.05, jitter=0.1)
+    rng = random.Random(3)
+    for _ in range(20):
+        due = policy.next_due(5.0, False, rng)
+        assert 5.045 - 1e-9 <= due <= 5.055 + 1e-9

@@ -5,8 +5,11 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rpc_datasource.timing import (
+    coalesced,
     default_failure_retry_interval,
     first_probe_delay,
     jittered,
@@ -122,3 +125,35 @@ def test_reconnect_backoff_custom_base_and_cap() -> None:
         5.0,
         5.0,
     ]
+
+
+# --- coalescing probe times onto a grid ------------------------------------------------------
+
+
+def test_coalesced_picks_the_nearest_grid_point_inside_the_window() -> None:
+    assert coalesced(10.04, 9.9, 10.1, 0.1) == pytest.approx(10.0)
+    assert coalesced(10.07, 9.9, 10.1, 0.1) == pytest.approx(10.1)
+
+
+def test_coalesced_never_leaves_the_window() -> None:
+    # The nearest grid point (10.0) is below the window: the one above is taken.
+    assert coalesced(10.02, 10.01, 10.2, 0.1) == pytest.approx(10.1)
+
+
+def test_coalesced_keeps_the_target_when_no_grid_point_fits() -> None:
+    assert coalesced(10.04, 10.03, 10.05, 0.1) == 10.04
+    assert coalesced(7.3, 7.3, 7.3, 0.1) == 7.3  # no jitter: a window of one point
+
+
+@given(
+    target=st.floats(0, 1e6, allow_nan=False),
+    below=st.floats(0, 5),
+    above=st.floats(0, 5),
+    grid=st.floats(0.01, 2),
+)
+def test_coalesced_is_always_inside_the_window_or_the_target(
+    target: float, below: float, above: float, grid: float
+) -> None:
+    low, high = target - below, target + above
+    moved = coalesced(target, low, high, grid)
+    assert moved == target or low <= moved <= high
