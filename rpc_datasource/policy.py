@@ -18,7 +18,7 @@ from rpc_datasource.timing import (
 ProbeMode = Literal["poll", "watch"]
 WATCH_START_SPREAD_S = 1.0
 # Probe times snap to a grid this fine at least, and at most this coarse (see `next_due`).
-FINEST_GRID_S = 0.1
+FINEST_GRID_S = 0.05
 COARSEST_GRID_S = 1.0
 
 

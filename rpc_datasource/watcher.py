@@ -63,7 +63,10 @@ class HealthWatcher:
                 request, outcome.result.succeeded, outcome.health_etag, ended - started
             )
             if delay is None:
-                due = self.policy.next_due(ended, self.machine.in_transition, self._rng)
+                # A plain probe's interval runs start to start, so the time it took does not
+                # stretch it; a held request's runs from its answer.
+                since = ended if request.held else started
+                due = self.policy.next_due(since, self.machine.in_transition, self._rng)
             else:
                 due = ended + delay
 

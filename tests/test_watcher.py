@@ -331,3 +331,32 @@ def test_the_fake_clock_itself_wakes_sleepers_in_deadline_order() -> None:
         assert clock.now() == 5.0
 
     run(scenario)
+
+
+def test_a_slow_probe_does_not_stretch_the_interval() -> None:
+    """Intervals run start to start: a probe that takes 0.3 s still starts every 1 s."""
+
+    async def scenario() -> list[float]:
+        clock = FakeClock()
+        starts: list[float] = []
+
+        async def slow_probe(request: ProbeRequest) -> ProbeOutcome:
+            starts.append(clock.now())
+            await clock.sleep(0.3)
+            return ProbeOutcome(OK, 0.3)
+
+        probe_watcher = HealthWatcher(
+            "agent",
+            ProbePolicy(polling_interval=1.0, jitter=0.0),
+            slow_probe,
+            clock=clock,
+            rng=random.Random(5),
+        )
+        task = asyncio.create_task(probe_watcher.run())
+        await clock.advance(10.0)
+        await cancel(task)
+        return starts
+
+    starts = asyncio.run(scenario())
+    assert len(starts) >= 9
+    assert gaps(starts) == pytest.approx([1.0] * (len(starts) - 1))
