@@ -19,22 +19,19 @@ from types import TracebackType
 import aiohttp
 
 from rpc_common.signing import SignatureScheme
-from rpc_datasource.endpoint import AgentEndpoint
 from rpc_datasource.engine import new_session
 from rpc_datasource.events import ProbeEvent, ProbeHook
 from rpc_datasource.policy import ProbeMode, ProbePolicy
 from rpc_datasource.probe import ProbeOutcome, probe_health
-from rpc_datasource.probe_logging import log_probe_event
-from rpc_datasource.stats import HealthStats, StatsRecorder
 from rpc_datasource.watch_mode import ProbeRequest
-from rpc_datasource.watcher import HealthWatcher
+from rpc_datasource.watched_agent import WatchedAgent
 
 logger = logging.getLogger(__name__)
 
 AsyncCallback = Callable[[], Awaitable[None]] | Callable[[], None]
 
 
-class AsyncHealthCheckClient:
+class AsyncHealthCheckClient(WatchedAgent):
     """Watches one agent on the running loop; use `async with` or `start()` / `stop()`."""
 
     def __init__(
@@ -57,7 +54,7 @@ class AsyncHealthCheckClient:
         session: aiohttp.ClientSession | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self.policy = ProbePolicy(
+        policy = ProbePolicy(
             polling_interval=polling_interval,
             failure_threshold=failure_threshold,
             timeout=timeout,
@@ -67,37 +64,15 @@ class AsyncHealthCheckClient:
             mode=mode,
             watch_wait=watch_wait,
         )
-        self.endpoint = AgentEndpoint.from_health_url(
-            url, auth_secret, scheme=signature_scheme, timeout=float(timeout)
+        super().__init__(
+            url, auth_secret, policy, signature_scheme=signature_scheme, hooks=hooks, rng=rng
         )
-        self.url = url
         self.on_server_down = on_server_down
         self.on_server_recovered = on_server_recovered
         self._given_session = session
         self._session: aiohttp.ClientSession | None = None
-        self._stats = StatsRecorder()
         self._pending: asyncio.Queue[tuple[str, AsyncCallback]] = asyncio.Queue()
-        self._watcher = HealthWatcher(
-            url,
-            self.policy,
-            self._probe,
-            (self._stats, log_probe_event, self._queue_callbacks, *hooks),
-            rng=rng,
-        )
         self._tasks: list[asyncio.Task[None]] = []
-        self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def detection_bound_s(self) -> float:
-        return self.policy.detection_bound_s
-
-    def stats(self) -> HealthStats:
-        """A consistent snapshot of the counters."""
-        return self._stats.snapshot()
 
     async def start(self) -> None:
         """Begin watching on the running loop (idempotent; a stopped client stays stopped)."""
@@ -137,7 +112,7 @@ class AsyncHealthCheckClient:
         assert self._session is not None
         return await probe_health(self._session, self.endpoint, request)
 
-    def _queue_callbacks(self, event: ProbeEvent) -> None:
+    def _fire_callbacks(self, event: ProbeEvent) -> None:
         if event.went_down and self.on_server_down is not None:
             self._pending.put_nowait(("on_server_down", self.on_server_down))
         if event.recovered and self.on_server_recovered is not None:

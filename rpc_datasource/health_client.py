@@ -11,16 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from rpc_common.signing import SignatureScheme
 from rpc_datasource.callbacks import OrderedCallbacks
-from rpc_datasource.endpoint import AgentEndpoint
 from rpc_datasource.engine import Engine, Spawned, new_session, shared_engine
 from rpc_datasource.events import ProbeEvent, ProbeHook
 from rpc_datasource.health_state import ProbeResult
 from rpc_datasource.policy import ProbeMode, ProbePolicy
 from rpc_datasource.probe import ProbeOutcome, probe_health
-from rpc_datasource.probe_logging import log_probe_event
-from rpc_datasource.stats import HealthStats, StatsRecorder
 from rpc_datasource.watch_mode import ProbeRequest
-from rpc_datasource.watcher import HealthWatcher
+from rpc_datasource.watched_agent import WatchedAgent
 
 if TYPE_CHECKING:
     from rpc_datasource.settings import DatasourceSettings
@@ -30,7 +27,7 @@ logger = logging.getLogger(__name__)
 Callback = Callable[[], None]
 
 
-class HealthCheckClient:
+class HealthCheckClient(WatchedAgent):
     """Polls one agent; `on_server_down` once per outage, `on_server_recovered` once after it.
 
     Probes run as coroutines on the process's one engine thread; callbacks run on a small
@@ -56,7 +53,7 @@ class HealthCheckClient:
         hooks: Sequence[ProbeHook] = (),
         rng: random.Random | None = None,
     ) -> None:
-        self.policy = ProbePolicy(
+        policy = ProbePolicy(
             polling_interval=polling_interval,
             failure_threshold=failure_threshold,
             timeout=timeout,
@@ -66,27 +63,15 @@ class HealthCheckClient:
             mode=mode,
             watch_wait=watch_wait,
         )
-        self.endpoint = AgentEndpoint.from_health_url(
-            url, auth_secret, scheme=signature_scheme, timeout=float(timeout)
+        super().__init__(
+            url, auth_secret, policy, signature_scheme=signature_scheme, hooks=hooks, rng=rng
         )
-        if self.endpoint.secret_is_short:
-            logger.warning("auth_secret for %s is shorter than 32 bytes", url)
-        self.url = url
         self.on_server_down = on_server_down
         self.on_server_recovered = on_server_recovered
-        self._stats = StatsRecorder()
         self._callbacks = OrderedCallbacks(logger, url)
-        self._watcher = HealthWatcher(
-            url,
-            self.policy,
-            self._probe_on_engine,
-            (self._stats, log_probe_event, self._fire_callbacks, *hooks),
-            rng=rng,
-        )
         self._lock = threading.Lock()
         self._engine: Engine | None = None
         self._task: Spawned | None = None
-        self._closed = False
 
     @classmethod
     def from_settings(
@@ -132,15 +117,6 @@ class HealthCheckClient:
     def jitter(self) -> float:
         return self.policy.jitter
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def detection_bound_s(self) -> float:
-        """The longest an outage can go unnoticed (see `timing.worst_case_detection`)."""
-        return self.policy.detection_bound_s
-
     def start(self) -> None:
         """Begin polling (idempotent; a stopped client stays stopped)."""
         with self._lock:
@@ -173,10 +149,6 @@ class HealthCheckClient:
             shared_engine.release()
         logger.info("stopped watching %s", self.url)
 
-    def stats(self) -> HealthStats:
-        """A consistent snapshot of the counters."""
-        return self._stats.snapshot()
-
     def probe_now(self) -> ProbeResult:
         """One probe, on the calling thread, without touching the state (for diagnostics)."""
 
@@ -194,7 +166,7 @@ class HealthCheckClient:
         if engine is not None:
             self._callbacks.submit(engine.callback_executor, what, callback, *args)
 
-    async def _probe_on_engine(self, request: ProbeRequest) -> ProbeOutcome:
+    async def _probe(self, request: ProbeRequest) -> ProbeOutcome:
         assert self._engine is not None
         return await probe_health(self._engine.session, self.endpoint, request)
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.support import library_threads, wait_until
+from tests.test_warehouse import Warehouse, running_warehouse
 
 
 @pytest.fixture(autouse=True)
@@ -27,3 +29,16 @@ def _no_library_thread_left() -> Iterator[None]:
     assert wait_until(lambda: not library_threads(), 5.0), (
         f"library threads still alive: {library_threads()}"
     )
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """Where a test's warehouse keeps its SQLite database."""
+    return tmp_path / "warehouse.db"
+
+
+@pytest.fixture
+def warehouse(db_path: Path, tmp_path: Path) -> Iterator[Warehouse]:
+    """A running `python -m examples.warehouse` process on a free port."""
+    with running_warehouse(db_path, tmp_path / "logs") as running:
+        yield running

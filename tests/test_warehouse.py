@@ -152,17 +152,6 @@ def running_warehouse(
                     process.wait()
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "warehouse.db"
-
-
-@pytest.fixture
-def warehouse(db_path: Path, tmp_path: Path) -> Iterator[Warehouse]:
-    with running_warehouse(db_path, tmp_path / "logs") as running:
-        yield running
-
-
 def collection(schema: dict[str, Any], name: str) -> dict[str, Any]:
     matches = [item for item in schema["collections"] if item["name"] == name]
     assert len(matches) == 1, f"expected one collection {name!r}, got {schema['collections']}"

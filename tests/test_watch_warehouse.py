@@ -6,7 +6,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,17 +53,6 @@ class EventLog:
     def successes(self) -> int:
         with self._lock:
             return sum(1 for _, event in self.events if event.result.succeeded)
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "warehouse.db"
-
-
-@pytest.fixture
-def warehouse(db_path: Path, tmp_path: Path) -> Iterator[Warehouse]:
-    with running_warehouse(db_path, tmp_path / "logs") as running:
-        yield running
 
 
 def watch_client(url: str, log: EventLog, **options: Any) -> HealthCheckClient:
