@@ -212,3 +212,33 @@ def test_a_poller_sees_a_graceful_stop_as_503_during_the_drain(
     downs = log.where(went_down=True)
     assert len(downs) == 1
     assert downs[0].reason is FailureReason.SHUTTING_DOWN, downs[0].result.cause
+
+
+def test_held_watches_up_to_the_bound_never_starve_plain_requests(
+    db_path: Path, tmp_path: Path
+) -> None:
+    watchers = 20  # more than the runner's 16 threads for ordinary traffic
+    settings = {"FOREST_HEALTH_MAX_WATCHERS": str(watchers), "FOREST_HEALTH_MAX_WAIT": "30"}
+    with running_warehouse(db_path, tmp_path / "logs", settings=settings) as running:
+        etag = running.get(HEALTH).headers["ETag"]
+        target = f"{HEALTH}?wait=20"
+        answered: list[int] = []
+
+        def watch() -> None:
+            answered.append(running.get(target, **{"If-None-Match": etag}).status_code)
+
+        held = [threading.Thread(target=watch, name=f"test-watch-{i}") for i in range(watchers)]
+        for thread in held:
+            thread.start()
+        try:
+            # While every watch is held, plain probes keep being answered at once.
+            for _ in range(10):
+                started = time.monotonic()
+                assert running.get(HEALTH).status_code == 200
+                assert time.monotonic() - started < 2.0
+            assert answered == []  # the watches were held all that time
+        finally:
+            running.process.send_signal(signal.SIGTERM)  # answers every held watch at once
+            for thread in held:
+                thread.join(DEADLINE_S)
+    assert answered == [503] * watchers
