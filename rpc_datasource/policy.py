@@ -118,5 +118,10 @@ class ProbePolicy:
         grid = min(COARSEST_GRID_S, max(FINEST_GRID_S, spread / 2))
         return coalesced(target, now + base - spread, now + base + spread, grid)
 
+    def held_wait(self, rng: random.Random) -> float:
+        """How long a watch asks to be held: `watch_wait` shortened by up to the jitter, so
+        that many watchers started together do not stay in step, cycle after cycle."""
+        return round(self.watch_wait * (1.0 - self.jitter * rng.random()), 3)
+
     def _base(self, in_transition: bool) -> float:
         return self.retry_interval if in_transition else self.polling_interval

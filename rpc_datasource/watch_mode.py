@@ -10,6 +10,7 @@ without watch support, or over its watcher bound): the client then asks at
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass
 
 from rpc_datasource.policy import ProbePolicy
@@ -38,9 +39,10 @@ PLAIN = ProbeRequest()
 class WatchTracker:
     """Remembers the last health ETag seen and whether the agent holds watches."""
 
-    def __init__(self, policy: ProbePolicy, name: str) -> None:
+    def __init__(self, policy: ProbePolicy, name: str, rng: random.Random | None = None) -> None:
         self.policy = policy
         self.name = name
+        self._rng = rng or random.Random()
         self.health_etag: str | None = None
         self.not_holding = False
 
@@ -48,7 +50,8 @@ class WatchTracker:
         """A watch while the agent is up and its state's ETag is known; else a plain probe."""
         if self.policy.mode != "watch" or not agent_up or self.health_etag is None:
             return PLAIN
-        return ProbeRequest(wait=self.policy.watch_wait, if_none_match=self.health_etag)
+        wait = self.policy.held_wait(self._rng)
+        return ProbeRequest(wait=wait, if_none_match=self.health_etag)
 
     def delay_after(
         self, request: ProbeRequest, succeeded: bool, health_etag: str | None, took_s: float

@@ -43,10 +43,10 @@ class HealthWatcher:
         self.policy = policy
         self.machine = HealthStateMachine(policy.failure_threshold, policy.recovery_threshold)
         self._probe = probe
-        self._watch = WatchTracker(policy, name)
         self._hooks = tuple(hooks)
         self._clock = clock or LoopClock()
         self._rng = rng or random.Random()
+        self._watch = WatchTracker(policy, name, self._rng)
 
     async def run(self) -> None:
         """Probe until cancelled; cancelling it also cancels the probe in flight."""
@@ -67,6 +67,7 @@ class HealthWatcher:
                 # stretch it; a held request's runs from its answer.
                 since = ended if request.held else started
                 due = self.policy.next_due(since, self.machine.in_transition, self._rng)
+                due = max(due, ended)  # a probe that outlasted its interval: the next at once
             else:
                 due = ended + delay
 

@@ -336,3 +336,12 @@ def test_next_due_of_a_short_interval_is_not_moved() -> None:
     for _ in range(20):
         due = policy.next_due(5.0, False, rng)
         assert 5.045 - 1e-9 <= due <= 5.055 + 1e-9
+
+
+def test_held_waits_are_shortened_by_up_to_the_jitter_and_vary() -> None:
+    policy = ProbePolicy(mode="watch", watch_wait=25.0, jitter=0.1)
+    rng = random.Random(11)
+    waits = [policy.held_wait(rng) for _ in range(200)]
+    assert all(22.5 <= wait <= 25.0 for wait in waits)
+    assert max(waits) - min(waits) > 2.0  # watchers started together drift apart
+    assert ProbePolicy(mode="watch", watch_wait=25.0, jitter=0.0).held_wait(rng) == 25.0

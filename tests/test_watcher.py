@@ -360,3 +360,34 @@ def test_a_slow_probe_does_not_stretch_the_interval() -> None:
     starts = asyncio.run(scenario())
     assert len(starts) >= 9
     assert gaps(starts) == pytest.approx([1.0] * (len(starts) - 1))
+
+
+def test_a_probe_that_outlasts_its_interval_is_followed_at_once_and_is_not_late() -> None:
+    """A 2 s probe at a 1 s interval: the next starts when it ends, with no lateness."""
+
+    async def scenario() -> tuple[list[float], list[ProbeEvent]]:
+        clock = FakeClock()
+        starts: list[float] = []
+        events: list[ProbeEvent] = []
+
+        async def hung_probe(request: ProbeRequest) -> ProbeOutcome:
+            starts.append(clock.now())
+            await clock.sleep(2.0)
+            return ProbeOutcome(FAIL, None)
+
+        probe_watcher = HealthWatcher(
+            "agent",
+            ProbePolicy(polling_interval=1.0, timeout=2.0, jitter=0.0),
+            hung_probe,
+            (events.append,),
+            clock=clock,
+            rng=random.Random(6),
+        )
+        task = asyncio.create_task(probe_watcher.run())
+        await clock.advance(9.0)
+        await cancel(task)
+        return starts, events
+
+    starts, events = asyncio.run(scenario())
+    assert gaps(starts) == pytest.approx([2.0] * (len(starts) - 1))
+    assert all(event.lateness_s == pytest.approx(0.0) for event in events[1:])
