@@ -50,12 +50,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def agent_env(secret: str) -> dict[str, str]:
-    """This process's environment without any `FOREST_*` setting, plus the run's secret."""
+def agent_env(secret: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without any `FOREST_*` setting, plus the run's secret and
+    `extra` (agent settings such as `FOREST_HEALTH_MAX_WATCHERS`, given last so they win)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("FOREST_")}
     env["FOREST_AUTH_SECRET"] = secret
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
     return env
+
+
+def parse_env_assignment(text: str) -> tuple[str, str]:
+    """`KEY=VALUE` (as given to `--agent-env`) split at the first `=`; ValueError otherwise."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or not key.replace("_", "").isalnum():
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
 
 
 def health_url(port: int) -> str:
@@ -91,6 +101,8 @@ class AgentFleet:
     workdir: Path
     secret: str
     agents: list[Agent] = field(default_factory=list)
+    # Extra environment of every agent (`--agent-env`), e.g. FOREST_HEALTH_MAX_WATCHERS.
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def _spawn(self, index: int) -> Agent:
         port = free_port()
@@ -102,7 +114,7 @@ class AgentFleet:
             process = subprocess.Popen(
                 command,
                 cwd=REPO_ROOT,
-                env=agent_env(self.secret),
+                env=agent_env(self.secret, self.extra_env),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -5,11 +5,17 @@ Healthy clients watch real warehouse agents; a `--hung` share watches the server
 Every client reports each probe to a hook (on the engine's loop) that only appends to
 lists; the main thread samples the process every 0.5 s. At the end all clients are stopped
 one after another and a judge prints PASS/FAIL per acceptance line.
+
+With `--mode watch` the clients keep a held health request open (`wait=--watch-wait`), and
+the report adds, per agent, its threads, RSS and sockets with no client (before start-all)
+and at the end, the clients holding a request at the end (the watchers), the difference per
+watcher, and the client process's CPU seconds per watched agent per hour.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import os
@@ -36,6 +42,7 @@ from bench._support import (
     health_threads,
     open_fds,
     os_thread_count,
+    parse_env_assignment,
     percentile,
     raise_fd_limit,
     render_verdicts,
@@ -63,6 +70,10 @@ RATE_FLOOR_PCT = 97.0
 STOP_ALL_LIMIT_S = 1.0
 IDLE_CPU_LIMIT_PCT = 2.0
 IDLE_INTERVAL_S = 30.0
+# Watch mode: the agents' default bound (rpc_agent.settings), and how long an answer must
+# take to count as held (rpc_datasource.watch_mode.EARLY_ANSWER_S: earlier = not held).
+DEFAULT_MAX_WATCHERS = 8
+HELD_ANSWER_S = 0.5
 
 
 @dataclass
@@ -75,6 +86,9 @@ class Recorder:
     hung_probes: int = 0
     down_at: list[float | None] = field(default_factory=list)
     down_callbacks: list[int] = field(default_factory=list)  # appended on rpc-callback threads
+    held_last: list[bool] = field(default_factory=list)  # watch mode, per healthy client
+    held_agent: list[int] = field(default_factory=list)  # its agent's index
+    last_at: list[float] = field(default_factory=list)  # when its last probe ended
 
     def healthy_hook(self, event: ProbeEvent) -> None:
         """Lateness of every healthy probe; a failure or a down is a surprise worth keeping."""
@@ -83,6 +97,22 @@ class Recorder:
             self.false_downs += event.went_down
         if not event.result.succeeded:
             self.healthy_failures[str(event.reason)] += 1
+
+    def watch_hook(self, agent_index: int) -> Callable[[ProbeEvent], None]:
+        """Watch mode, one per healthy client: whether its last answer was held (a watcher)."""
+        index = len(self.held_last)
+        self.held_last.append(False)
+        self.held_agent.append(agent_index)
+        self.last_at.append(time.monotonic())
+
+        def hook(event: ProbeEvent) -> None:
+            latency = event.latency_s
+            self.last_at[index] = time.monotonic()
+            self.held_last[index] = (
+                event.result.succeeded and latency is not None and latency >= HELD_ANSWER_S
+            )
+
+        return hook
 
     def hung_hook(self) -> Callable[[ProbeEvent], None]:
         """The hook of one more hung client: counts its probes, notes when it went down."""
@@ -142,6 +172,10 @@ class Sample:
     threads: int
     os_threads: int
     fds: int
+    # time.process_time(): the same CPU as user + sys, at a finer grain than os.times()'s
+    # 10 ms ticks (used for watch mode's small CPU figures).
+    cpu_fine_s: float = 0.0
+    sampling_cpu_s: float = 0.0  # CPU spent taking the samples before this one (cumulative)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -155,12 +189,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=20.0, help="measuring time, s")
     parser.add_argument("--hung", type=float, default=0.0, help="share of hung clients, 0-1")
     parser.add_argument("--hung-kind", choices=sorted(HUNG_KINDS), default="both")
+    parser.add_argument(
+        "--mode", choices=("poll", "watch"), default="poll", help="the clients' health mode"
+    )
+    parser.add_argument(
+        "--watch-wait", type=float, default=25.0, help="watch mode: the held request's wait, s"
+    )
+    parser.add_argument(
+        "--agent-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an agent setting passed in the agents' environment (repeatable), "
+        "e.g. FOREST_HEALTH_MAX_WATCHERS=12",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
     if args.clients < 1 or args.agents < 1 or args.interval <= 0 or args.duration <= 0:
         parser.error("--clients and --agents must be >= 1, --interval and --duration > 0")
     if not 0 <= args.hung < 1:
         parser.error("--hung must be in [0, 1)")
+    if args.watch_wait <= 0:
+        parser.error("--watch-wait must be > 0")
+    try:
+        args.agent_env = dict(parse_env_assignment(item) for item in args.agent_env)
+    except ValueError as error:
+        parser.error(f"--agent-env: {error}")
     return args
 
 
@@ -186,15 +240,21 @@ def make_clients(
     """
     healthy: list[HealthCheckClient] = []
     hung: list[HealthCheckClient] = []
-    options = {
+    options: dict[str, Any] = {
         "polling_interval": args.interval,
         "failure_threshold": args.failure_threshold,
         "timeout": args.timeout,
     }
+    if args.mode == "watch":
+        options.update(mode="watch", watch_wait=args.watch_wait)
     for target in plan_targets(args):
         if target == "agent":
-            url = fleet.agents[len(healthy) % len(fleet.agents)].health_url
-            client = HealthCheckClient(url, fleet.secret, **options, hooks=(recorder.healthy_hook,))
+            agent_index = len(healthy) % len(fleet.agents)
+            url = fleet.agents[agent_index].health_url
+            hooks: tuple[Callable[[ProbeEvent], None], ...] = (recorder.healthy_hook,)
+            if args.mode == "watch":
+                hooks += (recorder.watch_hook(agent_index),)
+            client = HealthCheckClient(url, fleet.secret, **options, hooks=hooks)
             healthy.append(client)
         else:
             assert hung_servers is not None
@@ -210,7 +270,9 @@ def make_clients(
     return healthy, hung
 
 
-def take_sample(t0: float, recorder: Recorder, connects: ConnectCounter) -> Sample:
+def take_sample(
+    t0: float, recorder: Recorder, connects: ConnectCounter, sampling_cpu_s: float = 0.0
+) -> Sample:
     """The process right now."""
     healthy = len(recorder.lateness)
     cpu = os.times()
@@ -225,6 +287,8 @@ def take_sample(t0: float, recorder: Recorder, connects: ConnectCounter) -> Samp
         threads=threading.active_count(),
         os_threads=os_thread_count(),
         fds=open_fds(),
+        cpu_fine_s=time.process_time(),
+        sampling_cpu_s=sampling_cpu_s,
     )
 
 
@@ -232,10 +296,19 @@ def sample_loop(
     t0: float, duration: float, recorder: Recorder, connects: ConnectCounter
 ) -> list[Sample]:
     """A sample at t0 and then every `SAMPLE_EVERY_S` until `duration` (bounded)."""
-    samples = [take_sample(t0, recorder, connects)]
+    spent = 0.0  # CPU of the sampling itself, so that watch mode's small figure can omit it
+
+    def sample() -> Sample:
+        nonlocal spent
+        before = time.process_time()
+        taken = take_sample(t0, recorder, connects, spent)
+        spent += time.process_time() - before
+        return taken
+
+    samples = [sample()]
     for tick in range(1, int(duration / SAMPLE_EVERY_S + 1e-9) + 1):
         time.sleep(max(0.0, t0 + tick * SAMPLE_EVERY_S - time.monotonic()))
-        samples.append(take_sample(t0, recorder, connects))
+        samples.append(sample())
     return samples
 
 
@@ -269,11 +342,16 @@ def run_mix(
     healthy, hung = make_clients(args, fleet, hung_servers, recorder, clients)
     connects = ConnectCounter({agent.port for agent in fleet.agents})
     threads_before, fds_before = threading.active_count(), open_fds()
+    watching = args.mode == "watch"
+    pids = [agent.process.pid for agent in fleet.agents] if watching else []
+    agents_before = [process_figures(pid) for pid in pids]
 
     t0 = time.monotonic()
     started_at = start_all(clients, connects.install)
     start_all_s = time.monotonic() - t0
     samples = sample_loop(t0, args.duration, recorder, connects)
+    agents_end = [process_figures(pid) for pid in pids]
+    held_at_end = holding_now(recorder, args.interval * (1 + healthy[0].jitter) if healthy else 0)
 
     stopped, stop_all_s = run_bounded(lambda: stop_all(clients), STOP_ALL_DEADLINE_S, "stop-all")
     stacks = "" if stopped else thread_stacks()
@@ -294,7 +372,98 @@ def run_mix(
     }
     if stacks:
         report["stop"]["stacks"] = stacks
+    if watching:
+        report["watch"] = watch_figures(
+            args, fleet, agents_before, agents_end, held_at_end, recorder, samples
+        )
     return report
+
+
+def holding_now(recorder: Recorder, poll_gap_s: float) -> list[bool]:
+    """Watch mode: which healthy clients have a held request open now.
+
+    Either its last answer was held (the next watch went out at once and has not come back),
+    or it has been quiet for longer than a poll (`poll_gap_s`, the longest jittered interval)
+    plus `HELD_ANSWER_S`: a client polling after early answers would have been answered by
+    then, so its open request is being held (it took a slot freed by another client).
+    """
+    now = time.monotonic()
+    return [
+        held or now - at > poll_gap_s + HELD_ANSWER_S
+        for held, at in zip(list(recorder.held_last), list(recorder.last_at), strict=True)
+    ]
+
+
+def process_figures(pid: int) -> dict[str, int]:
+    """Threads, RSS (KiB), open fds and sockets of a process, from /proc (-1 when gone)."""
+    figures = {"threads": -1, "rss_kib": -1, "fds": -1, "sockets": -1}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key == "Threads":
+                figures["threads"] = int(value.split()[0])
+            elif key == "VmRSS":
+                figures["rss_kib"] = int(value.split()[0])
+        links = []
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):  # closed meanwhile
+                links.append(os.readlink(f"/proc/{pid}/fd/{name}"))
+        figures["fds"] = len(links)
+        figures["sockets"] = sum(link.startswith("socket:") for link in links)
+    except OSError:
+        pass
+    return figures
+
+
+def watch_figures(
+    args: argparse.Namespace,
+    fleet: AgentFleet,
+    before: list[dict[str, int]],
+    end: list[dict[str, int]],
+    held_at_end: list[bool],
+    recorder: Recorder,
+    samples: list[Sample],
+) -> dict[str, Any]:
+    """Watch mode: each agent with no client and at the end, per watcher; client CPU per
+    watched agent-hour."""
+    max_watchers = int(args.agent_env.get("FOREST_HEALTH_MAX_WATCHERS", DEFAULT_MAX_WATCHERS))
+    agents = []
+    for index, agent in enumerate(fleet.agents):
+        clients = sum(1 for a in recorder.held_agent if a == index)
+        pairs = zip(recorder.held_agent, held_at_end, strict=True)
+        watchers = sum(1 for a, held in pairs if held and a == index)
+        diff = {key: end[index][key] - before[index][key] for key in before[index]}
+        per_watcher = {
+            key: round(value / watchers, 2) if watchers else None for key, value in diff.items()
+        }
+        agents.append(
+            {
+                "agent": f"agent-{agent.index}",
+                "clients": clients,
+                "watchers_at_end": watchers,
+                "no_client": before[index],
+                "at_end": end[index],
+                "difference": diff,
+                "per_watcher": per_watcher,
+            }
+        )
+    first, last = steady_window(samples, args.interval)
+    window_s = max(1e-9, last.t_s - first.t_s)
+    cpu_s = last.cpu_fine_s - first.cpu_fine_s
+    sampling_s = last.sampling_cpu_s - first.sampling_cpu_s
+    net_s = max(0.0, cpu_s - sampling_s)
+    watched = max(1, args.clients)
+    return {
+        "watch_wait_s": args.watch_wait,
+        "max_watchers_per_agent": max_watchers,
+        "watchers_at_end": sum(held_at_end),
+        "healthy_clients": len(held_at_end),
+        "agents": agents,
+        "window_s": round(window_s, 3),
+        "client_cpu_s_in_window": round(cpu_s, 4),
+        "sampling_cpu_s_in_window": round(sampling_s, 4),
+        "client_cpu_s_per_agent_hour": round(net_s / window_s * 3600 / watched, 3),
+    }
 
 
 def summarize(
@@ -384,6 +553,7 @@ def judge(report: dict[str, Any]) -> list[dict[str, Any]]:
     stop, threads, cpu = report["stop"], report["threads"], report["cpu"]
     has_hung = hung["clients"] > 0
     idle = config["interval"] >= IDLE_INTERVAL_S
+    watch = report.get("watch")
     return [
         verdict(
             "healthy start lateness p99 <= 100 ms",
@@ -392,8 +562,9 @@ def judge(report: dict[str, Any]) -> list[dict[str, Any]]:
         ),
         verdict(
             "healthy probe rate >= 97 % of expected",
-            healthy["rate_vs_expected_pct"] >= RATE_FLOOR_PCT,
-            f"{healthy['rate_vs_expected_pct']} %",
+            healthy["rate_vs_expected_pct"] >= RATE_FLOOR_PCT if watch is None else None,
+            f"{healthy['rate_vs_expected_pct']} %"
+            + ("" if watch is None else " (watch mode: held requests are not due per interval)"),
         ),
         verdict("no false downs", healthy["false_downs"] == 0, f"{healthy['false_downs']}"),
         verdict(
@@ -432,6 +603,20 @@ def judge(report: dict[str, Any]) -> list[dict[str, Any]]:
             all(code == 0 for code in report["agent_exit_codes"].values()),
             f"{report['agent_exit_codes']}",
         ),
+        *([] if watch is None else watch_verdicts(watch)),
+    ]
+
+
+def watch_verdicts(watch: dict[str, Any]) -> list[dict[str, Any]]:
+    """Watch mode: no agent held more watches than its bound (as the clients saw it)."""
+    bound = watch["max_watchers_per_agent"]
+    most = max((a["watchers_at_end"] for a in watch["agents"]), default=0)
+    return [
+        verdict(
+            "watchers held at the end <= FOREST_HEALTH_MAX_WATCHERS per agent",
+            most <= bound,
+            f"max {most} per agent, bound {bound}",
+        )
     ]
 
 
@@ -468,6 +653,13 @@ def render(report: dict[str, Any]) -> str:
         f" -> {s['threads_after']}, fds {s['fds_before']} -> {s['fds_after']}",
         f"  agents exit   {report['agent_exit_codes']}",
     ]
+    if c["mode"] != "poll" or c["agent_env"]:  # poll mode's report stays as it was
+        mode = f"{c['mode']}" + (
+            f", watch_wait {c['watch_wait']:g} s" if c["mode"] == "watch" else ""
+        )
+        lines.insert(1, f"  mode          {mode}; agent env {c['agent_env'] or '-'}")
+    if "watch" in report:
+        lines += render_watch(report["watch"])
     if report["warnings"]:
         lines += [f"  warning       {warning}" for warning in report["warnings"]]
     lines.append("judge:")
@@ -478,6 +670,33 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_watch(watch: dict[str, Any]) -> list[str]:
+    """The watch-mode lines: per agent with no client / at the end / per watcher."""
+    lines = [
+        f"  watch         wait {watch['watch_wait_s']:g} s, bound "
+        f"{watch['max_watchers_per_agent']} per agent; watchers at the end (holding a request) "
+        f"{watch['watchers_at_end']}/{watch['healthy_clients']}; client CPU "
+        f"{watch['client_cpu_s_per_agent_hour']} s per watched agent-hour "
+        f"({watch['client_cpu_s_in_window']} s in the {watch['window_s']:g} s window, less "
+        f"{watch['sampling_cpu_s_in_window']} s of the bench's own sampling)",
+    ]
+    for agent in watch["agents"]:
+        before, end, per = agent["no_client"], agent["at_end"], agent["per_watcher"]
+        lines.append(
+            f"  {agent['agent']:<13} {agent['clients']} clients, {agent['watchers_at_end']} "
+            f"watching; threads {before['threads']} -> {end['threads']}, RSS "
+            f"{before['rss_kib']} -> {end['rss_kib']} KiB, sockets {before['sockets']} -> "
+            f"{end['sockets']} (fds {before['fds']} -> {end['fds']}); per watcher: threads "
+            f"{per['threads']}, RSS {per['rss_kib']} KiB, sockets {per['sockets']}"
+            + (
+                " (mixed: includes the polling clients' connections)"
+                if agent["clients"] > agent["watchers_at_end"]
+                else ""
+            )
+        )
+    return lines
+
+
 def warnings_for(args: argparse.Namespace, report: dict[str, Any]) -> list[str]:
     """Things that make a figure meaningless rather than failed."""
     warnings = []
@@ -486,12 +705,18 @@ def warnings_for(args: argparse.Namespace, report: dict[str, Any]) -> list[str]:
         warnings.append(f"--duration {args.duration:g} s is shorter than the bound {bound} s")
     if not report["tcp"]["counted"]:
         warnings.append("aiohttp connector has no _create_connection: connections not counted")
+    if args.mode == "watch" and args.duration < args.watch_wait + 2:
+        warnings.append(
+            f"--duration {args.duration:g} s is shorter than --watch-wait + 2 s: no held answer "
+            "came back, so only the CPU of sending the watches is in the window, and watchers "
+            "are counted only as clients quiet for longer than a poll"
+        )
     return warnings
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Start the agents and hung servers, run the mix, stop everything (always)."""
-    fleet = AgentFleet(workdir, secrets.token_hex(32))
+    fleet = AgentFleet(workdir, secrets.token_hex(32), extra_env=args.agent_env)
     hung_servers: HungServers | None = None
     clients: list[HealthCheckClient] = []
     try:
