@@ -11,7 +11,6 @@ from rpc_datasource.timing import (
     coalesced,
     default_failure_retry_interval,
     first_probe_delay,
-    jittered,
     worst_case_detection,
 )
 
@@ -102,26 +101,33 @@ class ProbePolicy:
         return first_probe_delay(spread, rng)
 
     def next_delay(self, in_transition: bool, rng: random.Random) -> float:
-        """Delay to the next probe: the retry interval while a state change is being confirmed."""
-        return jittered(self._base(in_transition), self.jitter, rng)
+        """Delay to the next probe: the polling interval jittered either way, or, while a
+        state change is being confirmed, the retry interval shortened by up to the jitter
+        (a re-probe never comes later than `failure_retry_interval`)."""
+        low, high = self._window(in_transition)
+        return low + (high - low) * rng.random()
 
     def next_due(self, now: float, in_transition: bool, rng: random.Random) -> float:
         """When the next probe is due: `now + next_delay`, moved to the nearest point of a
-        time grid that lies inside the jitter window, so that many clients share wake-ups.
+        time grid (a quarter of the window, 50 ms to 1 s) that lies inside the window, so
+        that many clients share wake-ups.
 
         The result always stays within the jitter bounds of the interval; with no jitter
         (or a window narrower than the grid) it is exactly `now + next_delay`.
         """
-        base = self._base(in_transition)
-        target = now + jittered(base, self.jitter, rng)
-        spread = base * self.jitter
-        grid = min(COARSEST_GRID_S, max(FINEST_GRID_S, spread / 2))
-        return coalesced(target, now + base - spread, now + base + spread, grid)
+        low, high = self._window(in_transition)
+        target = now + self.next_delay(in_transition, rng)
+        grid = min(COARSEST_GRID_S, max(FINEST_GRID_S, (high - low) / 4))
+        return coalesced(target, now + low, now + high, grid)
 
     def held_wait(self, rng: random.Random) -> float:
         """How long a watch asks to be held: `watch_wait` shortened by up to the jitter, so
         that many watchers started together do not stay in step, cycle after cycle."""
         return round(self.watch_wait * (1.0 - self.jitter * rng.random()), 3)
 
-    def _base(self, in_transition: bool) -> float:
-        return self.retry_interval if in_transition else self.polling_interval
+    def _window(self, in_transition: bool) -> tuple[float, float]:
+        """The delays the jitter allows, [low, high]."""
+        if in_transition:
+            return self.retry_interval * (1.0 - self.jitter), self.retry_interval
+        spread = self.polling_interval * self.jitter
+        return self.polling_interval - spread, self.polling_interval + spread

@@ -345,3 +345,12 @@ def test_held_waits_are_shortened_by_up_to_the_jitter_and_vary() -> None:
     assert all(22.5 <= wait <= 25.0 for wait in waits)
     assert max(waits) - min(waits) > 2.0  # watchers started together drift apart
     assert ProbePolicy(mode="watch", watch_wait=25.0, jitter=0.0).held_wait(rng) == 25.0
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_re_probe_never_comes_later_than_the_retry_interval(seed: int) -> None:
+    policy = ProbePolicy(polling_interval=30.0, failure_retry_interval=0.5, jitter=0.1)
+    rng = random.Random(seed)
+    for _ in range(100):
+        assert 0.45 - 1e-9 <= policy.next_delay(True, rng) <= 0.5
+        assert 0.45 - 1e-9 <= policy.next_due(0.0, True, rng) <= 0.5
