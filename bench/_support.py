@@ -344,3 +344,19 @@ def write_json(path: Path | None, report: dict[str, Any]) -> None:
     """Write the report as indented JSON when a path was given."""
     if path is not None:
         path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+
+def conclude(report: dict[str, Any], json_path: Path | None) -> int:
+    """Print the PASS/FAIL line, write the JSON report, and give the exit status (1: a FAIL)."""
+    print(f"result: {'PASS' if report['ok'] else 'FAIL'}")
+    write_json(json_path, report)
+    return 0 if report["ok"] else 1
+
+
+def run_as_script(main: Callable[[], int], what_was_cleaned: str) -> None:
+    """`sys.exit(main())`; Ctrl-C or SIGTERM (see `sigterm_as_interrupt`) exits 130."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print(f"interrupted: {what_was_cleaned}", file=sys.stderr)
+        sys.exit(130)

@@ -22,7 +22,6 @@ import os
 import platform
 import random
 import secrets
-import sys
 import tempfile
 import threading
 import time
@@ -38,6 +37,7 @@ from bench._support import (
     STOP_ALL_DEADLINE_S,
     AgentFleet,
     HungServers,
+    conclude,
     engine_threads,
     health_threads,
     open_fds,
@@ -46,13 +46,13 @@ from bench._support import (
     percentile,
     raise_fd_limit,
     render_verdicts,
+    run_as_script,
     run_bounded,
     sigterm_as_interrupt,
     stop_all,
     thread_stacks,
     verdict,
     wait_until,
-    write_json,
 )
 from rpc_datasource import HealthCheckClient, ProbeEvent
 from rpc_datasource.engine import shared_engine
@@ -664,7 +664,6 @@ def render(report: dict[str, Any]) -> str:
         lines += [f"  warning       {warning}" for warning in report["warnings"]]
     lines.append("judge:")
     lines += render_verdicts(report["verdicts"])
-    lines.append(f"result: {'PASS' if report['ok'] else 'FAIL'}")
     if "stacks" in s:
         lines.append(s["stacks"])
     return "\n".join(lines)
@@ -744,13 +743,8 @@ def main(argv: list[str] | None = None) -> int:
     report["verdicts"] = judge(report)
     report["ok"] = all(v["passed"] is not False for v in report["verdicts"])
     print(render(report))
-    write_json(args.json, report)
-    return 0 if report["ok"] else 1
+    return conclude(report, args.json)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted: clients stopped, child processes terminated", file=sys.stderr)
-        sys.exit(130)
+    run_as_script(main, "clients stopped, child processes terminated")

@@ -11,7 +11,6 @@ import argparse
 import gc
 import logging
 import secrets
-import sys
 import tempfile
 import threading
 import time
@@ -23,16 +22,17 @@ from bench._support import (
     PROBING_THREAD_LIMIT,
     STOP_ALL_DEADLINE_S,
     AgentFleet,
+    conclude,
     engine_threads,
     health_threads,
     open_fds,
     render_verdicts,
+    run_as_script,
     run_bounded,
     sigterm_as_interrupt,
     stop_all,
     verdict,
     wait_until,
-    write_json,
 )
 from rpc_datasource import HealthCheckClient
 
@@ -152,7 +152,6 @@ def render(report: dict[str, Any]) -> str:
         )
     lines.append("judge:")
     lines += render_verdicts(report["verdicts"])
-    lines.append(f"result: {'PASS' if report['ok'] else 'FAIL'}")
     return "\n".join(lines)
 
 
@@ -187,13 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     report["verdicts"] = judge(report)
     report["ok"] = all(v["passed"] for v in report["verdicts"])
     print(render(report))
-    write_json(args.json, report)
-    return 0 if report["ok"] else 1
+    return conclude(report, args.json)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted: clients stopped, agent terminated", file=sys.stderr)
-        sys.exit(130)
+    run_as_script(main, "clients stopped, agent terminated")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import secrets
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,13 +19,14 @@ from typing import Any
 from bench._support import (
     CLEANUP_DEADLINE_S,
     HungServers,
+    conclude,
     engine_threads,
     render_verdicts,
+    run_as_script,
     sigterm_as_interrupt,
     stop_all,
     verdict,
     wait_until,
-    write_json,
 )
 from rpc_datasource import HealthCheckClient
 
@@ -152,14 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.interval:g} s, timeout {args.timeout:g} s"
     )
     print("\n".join(render_verdicts(report["verdicts"])))
-    print(f"result: {'PASS' if report['ok'] else 'FAIL'}")
-    write_json(args.json, report)
-    return 0 if report["ok"] else 1
+    return conclude(report, args.json)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted: clients stopped, hung servers terminated", file=sys.stderr)
-        sys.exit(130)
+    run_as_script(main, "clients stopped, hung servers terminated")

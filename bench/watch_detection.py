@@ -47,16 +47,17 @@ from bench._support import (
     REPO_ROOT,
     Agent,
     agent_env,
+    conclude,
     die_with_parent,
     free_port,
     percentile,
     render_verdicts,
+    run_as_script,
     sigterm_as_interrupt,
     stop_processes,
     verdict,
     wait_healthy,
     wait_until,
-    write_json,
 )
 from examples.warehouse.database import add_column
 from rpc_datasource import (
@@ -726,14 +727,8 @@ def main(argv: list[str] | None = None) -> int:
     report["verdicts"] = verdicts
     report["ok"] = all(v["passed"] is not False for v in verdicts)
     print("\n".join([*lines, "judge:", *render_verdicts(verdicts)]))
-    print(f"result: {'PASS' if report['ok'] else 'FAIL'}")
-    write_json(args.json, report)
-    return 0 if report["ok"] else 1
+    return conclude(report, args.json)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted: clients stopped, child processes terminated", file=sys.stderr)
-        sys.exit(130)
+    run_as_script(main, "clients stopped, child processes terminated")

@@ -27,7 +27,6 @@ import os
 import platform
 import random
 import secrets
-import sys
 import tempfile
 import threading
 import time
@@ -41,11 +40,12 @@ from typing import Any
 from bench._support import (
     HEALTH_PATH,
     AgentFleet,
+    conclude,
     percentile,
     render_verdicts,
+    run_as_script,
     sigterm_as_interrupt,
     verdict,
-    write_json,
 )
 from rpc_datasource import HealthCheckClient, ProbeEvent
 
@@ -341,14 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     report["verdicts"] = verdicts
     report["ok"] = all(v["passed"] is not False for v in verdicts)
     print("\n".join([*lines, "judge:", *render_verdicts(verdicts)]))
-    print(f"result: {'PASS' if report['ok'] else 'FAIL'}")
-    write_json(args.json, report)
-    return 0 if report["ok"] else 1
+    return conclude(report, args.json)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted: clients stopped, child processes terminated", file=sys.stderr)
-        sys.exit(130)
+    run_as_script(main, "clients stopped, child processes terminated")
