@@ -94,6 +94,24 @@ class Agent:
             return ""
 
 
+def spawn_warehouse(index: int, port: int, db: Path, log_path: Path, env: dict[str, str]) -> Agent:
+    """Start `python -m examples.warehouse` on 127.0.0.1:`port`, its output in `log_path`."""
+    command = [sys.executable, "-m", "examples.warehouse", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--db", str(db), "--log-level", "WARNING"]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches only us; we stop the agents ourselves.
+            preexec_fn=die_with_parent,
+        )
+    return Agent(index, port, log_path, process)
+
+
 @dataclass
 class AgentFleet:
     """Starts warehouse agents in a work directory; `kill_leftovers` always cleans up."""
@@ -106,22 +124,13 @@ class AgentFleet:
 
     def _spawn(self, index: int) -> Agent:
         port = free_port()
-        log_path = self.workdir / f"agent-{index}-{port}.log"
-        command = [sys.executable, "-m", "examples.warehouse", "--host", "127.0.0.1"]
-        command += ["--port", str(port), "--db", str(self.workdir / f"warehouse-{index}.db")]
-        command += ["--log-level", "WARNING"]
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                command,
-                cwd=REPO_ROOT,
-                env=agent_env(self.secret, self.extra_env),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches only us; we stop the agents ourselves.
-                preexec_fn=die_with_parent,
-            )
-        return Agent(index, port, log_path, process)
+        return spawn_warehouse(
+            index,
+            port,
+            self.workdir / f"warehouse-{index}.db",
+            self.workdir / f"agent-{index}-{port}.log",
+            agent_env(self.secret, self.extra_env),
+        )
 
     def start(self, count: int, deadline_s: float = READY_DEADLINE_S) -> float:
         """Start `count` agents and wait until each answers a signed health probe; seconds taken."""

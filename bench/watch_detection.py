@@ -28,7 +28,6 @@ import random
 import secrets
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -44,16 +43,15 @@ from pydantic import SecretStr
 from bench._support import (
     EXIT_DEADLINE_S,
     READY_DEADLINE_S,
-    REPO_ROOT,
     Agent,
     agent_env,
     conclude,
-    die_with_parent,
     free_port,
     percentile,
     render_verdicts,
     run_as_script,
     sigterm_as_interrupt,
+    spawn_warehouse,
     stop_processes,
     verdict,
     wait_healthy,
@@ -155,22 +153,15 @@ class Warehouse:
 
     def _spawn(self) -> Agent:
         self.starts += 1
-        log_path = self.workdir / f"warehouse-{self.starts}.log"
-        command = [sys.executable, "-m", "examples.warehouse", "--host", "127.0.0.1"]
-        command += ["--port", str(self.port), "--db", str(self.db), "--log-level", "WARNING"]
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                command,
-                cwd=REPO_ROOT,
-                env=agent_env(self.secret, self.env),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
-        self.spawned.append(process)
-        return Agent(0, self.port, log_path, process)
+        agent = spawn_warehouse(
+            0,
+            self.port,
+            self.db,
+            self.workdir / f"warehouse-{self.starts}.log",
+            agent_env(self.secret, self.env),
+        )
+        self.spawned.append(agent.process)
+        return agent
 
     def start(self) -> float:
         """Start it and wait until it answers a signed probe; the monotonic time it did.
