@@ -75,22 +75,27 @@ def up_and_watching(client: HealthCheckClient, log: EventLog) -> None:
     assert wait_until(lambda: log.successes() >= 2, DEADLINE_S), "the client never came up"
 
 
+def assert_sigterm_is_one_shutting_down(warehouse: Warehouse, log: EventLog) -> None:
+    """SIGTERM the warehouse: one down, seen as its 503 `shutting_down`, and a clean exit."""
+    signalled = time.monotonic()
+    warehouse.process.send_signal(signal.SIGTERM)
+    assert wait_until(lambda: bool(log.where(went_down=True)), DEADLINE_S)
+    assert warehouse.process.wait(DEADLINE_S) == 0
+    downs = log.where(went_down=True)
+    assert len(downs) == 1
+    assert downs[0].reason is FailureReason.SHUTTING_DOWN, downs[0].result.cause
+    assert log.failures()[0][0] - signalled < DEADLINE_S
+
+
 def test_sigterm_is_seen_at_once_by_a_held_request(warehouse: Warehouse) -> None:
     log = EventLog()
     client = watch_client(warehouse.url, log, polling_interval=NEVER_POLLED_S)
     try:
         up_and_watching(client, log)
-        signalled = time.monotonic()
-        warehouse.process.send_signal(signal.SIGTERM)
-        assert wait_until(lambda: bool(log.where(went_down=True)), DEADLINE_S)
-        assert warehouse.process.wait(DEADLINE_S) == 0
+        # No poll is due for a minute: only the held request, answered 503, can see it.
+        assert_sigterm_is_one_shutting_down(warehouse, log)
     finally:
         client.stop()
-    downs = log.where(went_down=True)
-    assert len(downs) == 1
-    # No poll was due for a minute: only the held request, answered 503, can have seen it.
-    assert downs[0].reason is FailureReason.SHUTTING_DOWN
-    assert log.failures()[0][0] - signalled < DEADLINE_S
 
 
 def test_kill_9_cuts_the_held_request_and_the_re_probes_declare_down(
@@ -204,14 +209,9 @@ def test_a_poller_sees_a_graceful_stop_as_503_during_the_drain(
     try:
         client.start()
         assert wait_until(lambda: log.successes() >= 1, DEADLINE_S)
-        warehouse.process.send_signal(signal.SIGTERM)
-        assert wait_until(lambda: bool(log.where(went_down=True)), DEADLINE_S)
-        assert warehouse.process.wait(DEADLINE_S) == 0
+        assert_sigterm_is_one_shutting_down(warehouse, log)
     finally:
         client.stop()
-    downs = log.where(went_down=True)
-    assert len(downs) == 1
-    assert downs[0].reason is FailureReason.SHUTTING_DOWN, downs[0].result.cause
 
 
 def test_held_watches_up_to_the_bound_never_starve_plain_requests(
