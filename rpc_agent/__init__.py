@@ -1,8 +1,10 @@
-"""The RPC agent: a Flask extension serving authenticated health, schema and legacy SSE routes."""
+"""The RPC agent: authenticated health, schema and legacy SSE routes for Flask
+(`RpcAgent`), any WSGI app (`rpc_agent.wsgi`) and any ASGI app (`rpc_agent.asgi`)."""
 
+from rpc_agent.core import AgentCore
 from rpc_agent.extension import RpcAgent
 from rpc_agent.schema import SchemaProvider
 from rpc_agent.settings import AgentSettings
 from rpc_common.settings import ConfigurationError
 
-__all__ = ["AgentSettings", "ConfigurationError", "RpcAgent", "SchemaProvider"]
+__all__ = ["AgentCore", "AgentSettings", "ConfigurationError", "RpcAgent", "SchemaProvider"]

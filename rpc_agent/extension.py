@@ -2,47 +2,23 @@
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-import uuid
-from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING
 
-from flask import Flask
-from pydantic import ValidationError
-
-from rpc_agent.health_watch import HealthWatch, health_etag
-from rpc_agent.routes import build_blueprint
-from rpc_agent.schema import SchemaCache, SchemaProvider, empty_schema
+from rpc_agent.core import AgentCore
+from rpc_agent.schema import SchemaProvider
 from rpc_agent.settings import AgentSettings
-from rpc_agent.sse import SseConnectionManager
-from rpc_common.settings import ConfigurationError, describe_validation_error
+from rpc_agent.wsgi import RpcAgentMiddleware
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from flask import Flask
 
 EXTENSION_KEY = "rpc_agent"
-DISTRIBUTION = "forest-rpc-pair"
 
 
-def package_version() -> str:
-    """The installed distribution's version, or a marker when running from a bare checkout."""
-    try:
-        return metadata.version(DISTRIBUTION)
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
-def load_agent_settings() -> AgentSettings:
-    """Settings from the environment; a refused value is a one-line `ConfigurationError`."""
-    try:
-        return AgentSettings()
-    except ValidationError as error:
-        raise ConfigurationError(describe_validation_error(error)) from None
-
-
-class RpcAgent:
-    """Serves health, schema and the legacy SSE stream under the configured prefix."""
+class RpcAgent(AgentCore):
+    """The agent as a Flask extension: its routes are answered in front of the app's own
+    (`app.wsgi_app` is wrapped in `rpc_agent.wsgi.RpcAgentMiddleware`), so the app's
+    `before_request` hooks and error handlers never see them."""
 
     def __init__(
         self,
@@ -51,52 +27,14 @@ class RpcAgent:
         settings: AgentSettings | None = None,
         schema_provider: SchemaProvider | None = None,
     ) -> None:
-        self.settings = settings if settings is not None else load_agent_settings()
-        self.health_watch = HealthWatch(self.settings.health_max_watchers)
-        self.schema_cache = SchemaCache(
-            schema_provider or empty_schema, on_change=self.health_watch.notify
-        )
-        self.sse_manager = SseConnectionManager()
-        self.instance_id = uuid.uuid4().hex
-        self.version = package_version()
-        self._started = time.monotonic()
-        self._shutdown = threading.Event()
+        super().__init__(settings=settings, schema_provider=schema_provider)
         if app is not None:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        """Register the agent's routes on `app` and record it in `app.extensions`."""
-        app.register_blueprint(build_blueprint(self))
+        """Serve the agent's routes on `app` and record it in `app.extensions`; a second
+        agent on the same app is a `RuntimeError`."""
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError(f"an RpcAgent is already registered on the app {app.name!r}")
+        app.wsgi_app = RpcAgentMiddleware(app.wsgi_app, agent=self)  # type: ignore[method-assign]
         app.extensions[EXTENSION_KEY] = self
-
-    @property
-    def shutting_down(self) -> bool:
-        return self._shutdown.is_set()
-
-    def begin_shutdown(self) -> None:
-        """Answer health with 503 from now on, held watches at once, `RpcServerStop` to SSE."""
-        if self._shutdown.is_set():
-            return
-        self._shutdown.set()
-        logger.info("agent %s shutting down", self.instance_id)
-        self.health_watch.notify()
-        self.sse_manager.shutdown()
-
-    def schema_changed(self) -> None:
-        """Tell held watches to look at the schema again (after the app changed it)."""
-        self.schema_cache.current()
-
-    def health_etag(self, body: dict[str, Any]) -> str:
-        """The health state's token, as sent in the `ETag` of /health."""
-        return health_etag(body["status"], body["instance_id"], body["schema_etag"])
-
-    def health_body(self) -> dict[str, Any]:
-        """The small JSON body of /health."""
-        _, etag = self.schema_cache.current()
-        return {
-            "status": "shutting_down" if self.shutting_down else "ok",
-            "version": self.version,
-            "instance_id": self.instance_id,
-            "schema_etag": etag,
-            "uptime_s": round(time.monotonic() - self._started, 3),
-        }

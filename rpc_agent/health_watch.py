@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import re
 import threading
 import time
+from collections.abc import Callable
 
 
 class BadWait(ValueError):
@@ -34,13 +36,15 @@ def health_etag(status: str, instance_id: str, schema_etag: str) -> str:
 
 
 class HealthWatch:
-    """Holds at most `max_watchers` requests until `notify()` or their wait runs out."""
+    """Holds at most `max_watchers` requests, in threads or coroutines, until `notify()` or
+    their wait runs out."""
 
     def __init__(self, max_watchers: int) -> None:
         self.max_watchers = max_watchers
         self._changed = threading.Condition()
         self._generation = 0
         self._held = 0
+        self._wakers: set[Callable[[], None]] = set()
 
     @property
     def held(self) -> int:
@@ -54,14 +58,17 @@ class HealthWatch:
             return self._generation
 
     def notify(self) -> None:
-        """The state changed: every held request answers now."""
+        """The state changed: every held request answers now (callable from any thread)."""
         with self._changed:
             self._generation += 1
             self._changed.notify_all()
+            wakers = list(self._wakers)
+        for wake in wakers:
+            wake()
 
     def hold(self, seconds: float, generation: int) -> bool:
-        """Wait up to `seconds` unless a `notify()` came after `generation`; False, at once,
-        when over the bound."""
+        """Block the calling thread up to `seconds` unless a `notify()` came after
+        `generation`; False, at once, when over the bound."""
         deadline = time.monotonic() + seconds
         with self._changed:
             if self._held >= self.max_watchers:
@@ -75,4 +82,30 @@ class HealthWatch:
                     self._changed.wait(remaining)
             finally:
                 self._held -= 1
+        return True
+
+    async def hold_async(self, seconds: float, generation: int) -> bool:
+        """`hold` for a coroutine: waits on the running loop, holding no thread."""
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(changed.set)
+
+        with self._changed:
+            if self._held >= self.max_watchers:
+                return False
+            if self._generation != generation:
+                return True
+            self._held += 1
+            self._wakers.add(wake)
+        try:
+            async with asyncio.timeout(seconds):
+                await changed.wait()
+        except TimeoutError:
+            pass
+        finally:
+            with self._changed:
+                self._held -= 1
+                self._wakers.discard(wake)
         return True

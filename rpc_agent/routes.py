@@ -1,75 +1,202 @@
-"""The agent's blueprint: /health, /rpc-schema and the legacy /sse, all authenticated."""
+"""The agent's routes on a neutral view of a request: authentication, /health (and its held
+watch), /rpc-schema and /sse. Adapters turn a request into an `AgentRequest` and carry out
+what `AgentRoutes.handle` returns: a `Reply`, a `HoldHealth` or an `OpenSse`."""
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from enum import Enum
+from urllib.parse import parse_qsl
 
-from flask import Blueprint, Response, jsonify, request
-from werkzeug.wrappers import Response as BaseResponse
-
-from rpc_agent.auth import refuse_unless_signed
+from rpc_agent.core import AgentCore, HealthState
 from rpc_agent.health_watch import BadWait, parse_wait
-
-if TYPE_CHECKING:
-    from rpc_agent.extension import RpcAgent
+from rpc_common.signing import verify_request
 
 logger = logging.getLogger(__name__)
 
-BLUEPRINT_NAME = "forest_rpc_agent"
+# Agent routes are GETs; a body larger than this is refused before it is read.
+MAX_REQUEST_BODY = 64 * 1024
+ALLOWED_METHODS = ("GET", "HEAD")
+
+Headers = list[tuple[str, str]]
 
 
-def build_blueprint(agent: RpcAgent) -> Blueprint:
-    """A blueprint bound to one agent, mounted at the agent's URL prefix."""
-    blueprint = Blueprint(BLUEPRINT_NAME, __name__, url_prefix=agent.settings.url_prefix or None)
+class Route(Enum):
+    HEALTH = "/health"
+    SCHEMA = "/rpc-schema"
+    SSE = "/sse"
 
-    @blueprint.before_request
-    def authenticate() -> Response | None:
-        return refuse_unless_signed(agent.settings)
 
-    @blueprint.get("/health")
-    def health() -> Response:
-        wait = request.args.get("wait")
-        if wait is not None:
-            try:
-                seconds = parse_wait(wait, agent.settings.health_max_wait)
-            except BadWait as error:
-                response = jsonify(error="bad_request", reason=str(error))
-                response.status_code = 400
-                return response
-            hold_while_unchanged(seconds)
-        body = agent.health_body()
-        response = jsonify(body)
-        response.status_code = 503 if agent.shutting_down else 200
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["ETag"] = agent.health_etag(body)
-        return response
+@dataclass(frozen=True)
+class AgentRequest:
+    """What the routes read of a request; header values as the server decoded them."""
 
-    def hold_while_unchanged(seconds: float) -> None:
-        """Hold the request while the state is the one the client last saw (a watch)."""
-        generation = agent.health_watch.generation
-        seen = request.headers.get("If-None-Match")
-        unchanged = seen == agent.health_etag(agent.health_body())
-        if seconds <= 0 or agent.shutting_down or not unchanged:
-            return
-        logger.debug("holding a health watch for up to %g s", seconds)
-        if not agent.health_watch.hold(seconds, generation):
-            logger.debug("over %d held watches: answering at once", agent.health_watch.max_watchers)
+    method: str
+    target: str  # path and query as sent, for the v2 signature
+    query: str
+    timestamp: str | None
+    signature: str | None
+    if_none_match: str | None = None
+    body: bytes = b""
+    client: str = "-"
 
-    @blueprint.get("/rpc-schema")
-    def rpc_schema() -> BaseResponse:
-        schema, etag = agent.schema_cache.current()
-        response = jsonify(schema)
-        response.set_etag(etag.strip('"'))
-        response.headers["Cache-Control"] = "no-cache"
-        return response.make_conditional(request)
 
-    @blueprint.get("/sse")
-    def sse() -> Response:
-        stream = agent.sse_manager.open_stream(agent.settings.sse_heartbeat_interval)
-        response = Response(stream, mimetype="text/event-stream")
-        response.headers["Cache-Control"] = "no-cache"
-        response.headers["X-Accel-Buffering"] = "no"
-        return response
+@dataclass(frozen=True)
+class Reply:
+    """A complete answer."""
 
-    return blueprint
+    status: int
+    headers: Headers
+    body: bytes
+
+
+@dataclass(frozen=True)
+class HoldHealth:
+    """Hold the request (a watch) up to `seconds` unless the state changes after
+    `generation`, then send `AgentRoutes.health_reply()`."""
+
+    seconds: float
+    generation: int
+
+
+@dataclass(frozen=True)
+class OpenSse:
+    """Send the SSE headers, then stream (see `SseStream`)."""
+
+    headers: Headers
+
+
+SSE_HEADERS: Headers = [
+    ("Content-Type", "text/event-stream; charset=utf-8"),
+    ("Cache-Control", "no-cache"),
+    ("X-Accel-Buffering", "no"),
+]
+
+
+def json_reply(status: int, body: dict[str, str], headers: Headers | None = None) -> Reply:
+    data = json.dumps(body).encode()
+    return Reply(status, [*json_headers(data), *(headers or [])], data)
+
+
+def json_headers(data: bytes) -> Headers:
+    return [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+
+
+def too_large_reply() -> Reply:
+    return json_reply(
+        413, {"error": "payload_too_large", "reason": f"over {MAX_REQUEST_BODY} bytes"}
+    )
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an `If-None-Match` value names `etag` (weak comparison, as RFC 9110 asks)."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in if_none_match.split(","))
+
+
+def wait_value(query: str) -> str | None:
+    """The first `wait` of a query string, if any."""
+    if not query:
+        return None
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name == "wait":
+            return value
+    return None
+
+
+class AgentRoutes:
+    """Matches paths under the agent's prefix and answers them for one `AgentCore`."""
+
+    def __init__(self, agent: AgentCore) -> None:
+        self.agent = agent
+        prefix = agent.settings.url_prefix
+        self._paths = {prefix + route.value: route for route in Route}
+
+    def match(self, path: str) -> Route | None:
+        """The agent's route at `path`, or None for a path the wrapped app serves."""
+        return self._paths.get(path)
+
+    def refusal(self, request: AgentRequest) -> Reply | None:
+        """A 401 JSON reply when the request's signature is refused; else None."""
+        settings = self.agent.settings
+        failure = verify_request(
+            request.timestamp,
+            request.signature,
+            method=request.method,
+            target=request.target,
+            body=request.body,
+            secrets=self.agent.verification_secrets,
+            allowed_clock_skew=settings.allowed_clock_skew,
+            require_bound=settings.require_bound_signatures,
+        )
+        if failure is None:
+            return None
+        logger.warning(
+            "refused %s %s from %s: %s",
+            request.method,
+            request.target.partition("?")[0],
+            request.client,
+            failure,
+        )
+        return json_reply(401, {"error": "Unauthorized", "reason": str(failure)})
+
+    def handle(self, route: Route, request: AgentRequest) -> Reply | HoldHealth | OpenSse:
+        """What to answer a request on one of the agent's routes."""
+        refused = self.refusal(request)
+        if refused is not None:
+            return refused
+        if request.method not in ALLOWED_METHODS:
+            return json_reply(
+                405,
+                {"error": "method_not_allowed", "reason": f"{route.value} answers GET only"},
+                [("Allow", ", ".join(ALLOWED_METHODS))],
+            )
+        if route is Route.HEALTH:
+            return self._health(request)
+        if route is Route.SCHEMA:
+            return self._schema(request)
+        if request.method == "HEAD":
+            return Reply(200, SSE_HEADERS, b"")
+        return OpenSse(SSE_HEADERS)
+
+    def _health(self, request: AgentRequest) -> Reply | HoldHealth:
+        wait = wait_value(request.query)
+        if wait is None:
+            return self.health_reply()
+        try:
+            seconds = parse_wait(wait, self.agent.settings.health_max_wait)
+        except BadWait as error:
+            return json_reply(400, {"error": "bad_request", "reason": str(error)})
+        generation = self.agent.health_watch.generation
+        state = self.agent.health_state()
+        if seconds <= 0 or state.status_code != 200 or request.if_none_match != state.etag:
+            return self.health_reply(state)
+        return HoldHealth(seconds, generation)
+
+    def health_reply(self, state: HealthState | None = None) -> Reply:
+        """The plain health answer now: 200, or 503 once shutting down."""
+        state = state or self.agent.health_state()
+        body = state.body(self.agent.uptime_s())
+        headers = [
+            *json_headers(body),
+            ("Cache-Control", "no-store"),
+            ("ETag", state.etag),
+        ]
+        return Reply(state.status_code, headers, body)
+
+    def _schema(self, request: AgentRequest) -> Reply:
+        answer = self.agent.schema_answer()
+        cache = [("ETag", answer.etag), ("Cache-Control", "no-cache")]
+        if etag_matches(request.if_none_match, answer.etag):
+            return Reply(304, cache, b"")
+        return Reply(200, [*json_headers(answer.body), *cache], answer.body)
+
+    def held_over_bound(self) -> None:
+        logger.debug(
+            "over %d held watches: answering at once", self.agent.health_watch.max_watchers
+        )

@@ -7,9 +7,10 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 
+from rpc_agent.server_process import worker_heartbeat
 from rpc_common.sse_protocol import HEARTBEAT_EVENT, STOP_EVENT
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ class SseConnection:
     def __init__(self) -> None:
         self.id = uuid.uuid4().hex
         self._ended = threading.Event()
+        self._lock = threading.Lock()
+        self._on_end: Callable[[], None] | None = None
         self.end_reason: StreamEnd | None = None
 
     @property
@@ -46,10 +49,23 @@ class SseConnection:
 
     def end(self, reason: StreamEnd) -> None:
         """End the stream (idempotent: the first reason wins)."""
-        if self._ended.is_set():
-            return
-        self.end_reason = reason
-        self._ended.set()
+        with self._lock:
+            if self._ended.is_set():
+                return
+            self.end_reason = reason
+            self._ended.set()
+            on_end = self._on_end
+        if on_end is not None:
+            on_end()
+
+    def call_on_end(self, on_end: Callable[[], None]) -> None:
+        """Have `on_end` called (from any thread) when the stream is ended; at once if it
+        already was. How a coroutine stream learns of its end."""
+        with self._lock:
+            self._on_end = on_end
+            ended = self._ended.is_set()
+        if ended:
+            on_end()
 
     def wait_for_end(self, timeout: float) -> StreamEnd | None:
         """Wait up to `timeout` seconds; the end reason if the stream was ended meanwhile."""
@@ -97,38 +113,65 @@ class SseConnectionManager:
             current.end(StreamEnd.SHUTDOWN)
 
     def open_stream(self, heartbeat_interval: float) -> Iterator[str]:
-        """The event blocks of a new stream: heartbeats until superseded, shut down or gone.
+        """The event blocks of a new stream, for a thread to send: heartbeats until
+        superseded, shut down or gone.
 
         The stream registers when it is first iterated, so a response whose body is never
         sent (a HEAD request) neither takes the slot nor ends the active stream.
         """
-        connection = self.register()
-        started = time.monotonic()
-        heartbeats = 0
-        outcome = "client disconnected"
-        logger.info("SSE stream %s started", connection.id)
+        stream = SseStream(self)
         try:
             while True:
-                if connection.end_reason is None:
-                    yield HEARTBEAT_BLOCK
-                    heartbeats += 1
-                reason = connection.wait_for_end(heartbeat_interval)
-                if reason is StreamEnd.SUPERSEDED:
-                    outcome = "superseded"
+                block, finished = stream.step()
+                if block:
+                    yield block
+                if finished:
                     return
-                if reason is StreamEnd.SHUTDOWN:
-                    yield STOP_BLOCK
-                    outcome = "sent RpcServerStop"
-                    return
+                stream.connection.wait_for_end(heartbeat_interval)
         except GeneratorExit:
-            logger.info("SSE client of stream %s disconnected", connection.id)
+            stream.disconnected()
             raise
         finally:
-            self.unregister(connection)
-            logger.info(
-                "SSE stream %s stopped (%s) after %.1f s, %d heartbeats sent",
-                connection.id,
-                outcome,
-                time.monotonic() - started,
-                heartbeats,
-            )
+            stream.close()
+
+
+class SseStream:
+    """One stream's course, apart from how it waits and writes: registered when made, one
+    `step()` per heartbeat interval or end, a log line at each end. The thread and the
+    coroutine adapters drive it."""
+
+    def __init__(self, manager: SseConnectionManager) -> None:
+        self._manager = manager
+        self.connection = manager.register()
+        self._started = time.monotonic()
+        self._heartbeats = 0
+        self._outcome = "client disconnected"
+        logger.info("SSE stream %s started", self.connection.id)
+
+    def step(self) -> tuple[str, bool]:
+        """The block to send now ("" for none) and whether the stream then ends."""
+        reason = self.connection.end_reason
+        if reason is StreamEnd.SUPERSEDED:
+            self._outcome = "superseded"
+            return "", True
+        if reason is StreamEnd.SHUTDOWN:
+            self._outcome = "sent RpcServerStop"
+            return STOP_BLOCK, True
+        self._heartbeats += 1
+        worker_heartbeat()
+        return HEARTBEAT_BLOCK, False
+
+    def disconnected(self) -> None:
+        """The client went away."""
+        logger.info("SSE client of stream %s disconnected", self.connection.id)
+
+    def close(self) -> None:
+        """Free the slot and log how the stream ended."""
+        self._manager.unregister(self.connection)
+        logger.info(
+            "SSE stream %s stopped (%s) after %.1f s, %d heartbeats sent",
+            self.connection.id,
+            self._outcome,
+            time.monotonic() - self._started,
+            self._heartbeats,
+        )

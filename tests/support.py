@@ -6,13 +6,16 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, jsonify
 from werkzeug.serving import BaseWSGIServer, make_server
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 from rpc_agent import AgentSettings, RpcAgent, SchemaProvider
 from rpc_common.signing import SignatureScheme, signed_headers
@@ -73,6 +76,25 @@ def agent_app(
     options: dict[str, Any] = {"auth_secret": TEST_SECRET, **settings}
     agent = RpcAgent(app, settings=AgentSettings(**options), schema_provider=schema_provider)
     return app, agent
+
+
+Failure = tuple[int, str]
+
+
+def before_agent(app: Flask, hook: Callable[[WSGIEnvironment], Failure | None]) -> None:
+    """Call `hook` with every request's environ before the app or its agent sees it (an
+    outer WSGI layer, as a proxy would be); a `(status, text)` it returns is the answer."""
+    inner = app.wsgi_app
+
+    def front(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        failure = hook(environ)
+        if failure is None:
+            return inner(environ, start_response)
+        status, text = failure
+        start_response(f"{status} Failing", [("Content-Type", "text/plain")])
+        return [text.encode()]
+
+    app.wsgi_app = front  # type: ignore[method-assign]
 
 
 class HangingApp:

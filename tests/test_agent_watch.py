@@ -13,20 +13,25 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, jsonify
 
 from rpc_agent import RpcAgent
 from rpc_common.signing import sign_bound
 from rpc_datasource import HealthCheckClient
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
 from tests.support import (
     HEALTH_PATH,
     TEST_SECRET,
     LiveServer,
     agent_app,
+    before_agent,
     live_server,
     signed,
     wait_until,
@@ -47,15 +52,15 @@ SCHEMA_B: dict[str, Any] = {"collections": [{"name": "orders", "fields": []}], "
 
 
 class RequestCounter:
-    """Counts the requests an app receives for the health route (a Flask `before_request`)."""
+    """Counts the requests for the health route that reach the server."""
 
     def __init__(self, app: Flask) -> None:
         self._lock = threading.Lock()
         self._count = 0
-        app.before_request(self._seen)
+        before_agent(app, self._seen)
 
-    def _seen(self) -> None:
-        if request.path == HEALTH_PATH:
+    def _seen(self, environ: WSGIEnvironment) -> None:
+        if environ.get("PATH_INFO") == HEALTH_PATH:
             with self._lock:
                 self._count += 1
 

@@ -6,11 +6,10 @@ import logging
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
-from flask import Response, request
 
 from rpc_datasource import (
     ConfigurationError,
@@ -18,11 +17,17 @@ from rpc_datasource import (
     RpcDatasource,
     SchemaFetchError,
 )
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
 from tests.support import (
     OTHER_SECRET,
     TEST_SECRET,
+    Failure,
     LiveServer,
     agent_app,
+    before_agent,
     free_port,
     library_threads,
     signed,
@@ -114,13 +119,14 @@ class Agents:
         holder, schema_requests = self.holder, self.schema_requests
         app, self.agent = agent_app(lambda: holder["schema"], sse_heartbeat_interval=0.1)
 
-        @app.before_request
-        def record_schema_requests() -> Response | None:
-            if request.path == SCHEMA_ROUTE:
-                schema_requests.append(request.headers.get("If-None-Match"))
+        def record_schema_requests(environ: WSGIEnvironment) -> Failure | None:
+            if environ.get("PATH_INFO") == SCHEMA_ROUTE:
+                schema_requests.append(environ.get("HTTP_IF_NONE_MATCH"))
                 if self.fail_schema_requests:
-                    return Response("failing on purpose", status=500)
+                    return 500, "failing on purpose"
             return None
+
+        before_agent(app, record_schema_requests)
 
         self.servers.append(start_server(app, self.port))
 

@@ -8,7 +8,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from flask import Flask, Response, jsonify
@@ -16,13 +16,19 @@ from flask import Flask, Response, jsonify
 from rpc_agent import AgentSettings, RpcAgent
 from rpc_datasource import HealthCheckClient, HealthStats, ProbeEvent
 from rpc_datasource.engine import ENGINE_THREAD_NAME, shared_engine
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
 from tests.support import (
     HEALTH_PATH,
     OTHER_SECRET,
     TEST_SECRET,
+    Failure,
     HangingApp,
     LiveServer,
     agent_app,
+    before_agent,
     free_port,
     library_threads,
     live_server,
@@ -70,14 +76,14 @@ class CountingAgent:
         self.fail_with: int | None = None
         self.hits: list[tuple[float, bool]] = []  # (monotonic arrival, answered a failure)
         self._lock = threading.Lock()
-        self.app.before_request(self._record)
+        before_agent(self.app, self._record)
 
-    def _record(self) -> Response | None:
+    def _record(self, _environ: WSGIEnvironment) -> Failure | None:
         failing = self.fail_with
         with self._lock:
             self.hits.append((time.monotonic(), failing is not None))
         if failing is not None:
-            return Response("failing on purpose", status=failing)
+            return failing, "failing on purpose"
         return None
 
     def snapshot(self) -> list[tuple[float, bool]]:

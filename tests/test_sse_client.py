@@ -7,20 +7,25 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from flask import Flask, Response, request
+from flask import Flask, Response
 
 from rpc_agent import RpcAgent
 from rpc_common.signing import SignatureScheme
 from rpc_datasource.sse_client import SseClient
 from rpc_datasource.sse_parser import SseEvent
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
 from tests.support import (
     OTHER_SECRET,
     TEST_SECRET,
     LiveServer,
     agent_app,
+    before_agent,
     library_threads,
     start_server,
     wait_until,
@@ -244,10 +249,11 @@ def test_unauthorized_client_keeps_retrying_and_close_interrupts_the_backoff(
     arrivals: list[float] = []
     app, agent = agent_app(sse_heartbeat_interval=0.1)
 
-    @app.before_request
-    def record_arrival() -> None:
-        if request.path == SSE_ROUTE:
+    def record_arrival(environ: WSGIEnvironment) -> None:
+        if environ.get("PATH_INFO") == SSE_ROUTE:
             arrivals.append(time.monotonic())
+
+    before_agent(app, record_arrival)
 
     server = start_server(app)
     try:

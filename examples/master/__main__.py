@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from examples.logs import configure_logging
 from examples.master.app import create_master_app
 from examples.master.events import DatasourceEventLog
-from rpc_common.serving import serve_until_signalled
+from rpc_agent.serving import serve_until_signalled
 from rpc_common.settings import ConfigurationError
 from rpc_datasource import RpcDatasource, SchemaFetchError
 from rpc_datasource.datasource import load_datasource_settings

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from examples.logs import configure_logging
 from examples.warehouse.app import create_app
-from rpc_agent.extension import EXTENSION_KEY, load_agent_settings
+from rpc_agent.core import load_agent_settings
+from rpc_agent.extension import EXTENSION_KEY
 from rpc_agent.serving import serve_agent_until_signalled
 from rpc_common.settings import ConfigurationError
 

@@ -1,0 +1,153 @@
+"""`AgentCore`: the framework-neutral agent state: identity, uptime, shutdown, the health
+answer, the schema and its ETag, the held watches and the legacy SSE streams."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from pydantic import ValidationError
+
+from rpc_agent import server_process
+from rpc_agent.health_watch import HealthWatch, health_etag
+from rpc_agent.schema import SchemaCache, SchemaProvider, canonical_json, empty_schema
+from rpc_agent.settings import AgentSettings
+from rpc_agent.sse import SseConnectionManager
+from rpc_common.settings import ConfigurationError, describe_validation_error
+
+logger = logging.getLogger(__name__)
+
+DISTRIBUTION = "forest-rpc-pair"
+
+
+def package_version() -> str:
+    """The installed distribution's version, or a marker when running from a bare checkout."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def load_agent_settings() -> AgentSettings:
+    """Settings from the environment; a refused value is a one-line `ConfigurationError`."""
+    try:
+        return AgentSettings()
+    except ValidationError as error:
+        raise ConfigurationError(describe_validation_error(error)) from None
+
+
+@dataclass(frozen=True)
+class HealthState:
+    """The health answer for one state, built once: everything but the uptime."""
+
+    status_code: int
+    etag: str
+    schema_etag: str
+    body_head: bytes  # the JSON body up to the uptime's value
+
+    def body(self, uptime_s: float) -> bytes:
+        return self.body_head + b"%.3f}" % uptime_s
+
+
+@dataclass(frozen=True)
+class SchemaAnswer:
+    """The schema's JSON body and its ETag, built once per schema."""
+
+    etag: str
+    body: bytes
+
+
+class AgentCore:
+    """The agent's state and answers, shared by the Flask, WSGI and ASGI adapters."""
+
+    def __init__(
+        self,
+        *,
+        settings: AgentSettings | None = None,
+        schema_provider: SchemaProvider | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else load_agent_settings()
+        self.health_watch = HealthWatch(self.settings.health_max_watchers)
+        self.schema_cache = SchemaCache(
+            schema_provider or empty_schema, on_change=self.health_watch.notify
+        )
+        self.sse_manager = SseConnectionManager()
+        self.instance_id = server_process.server_instance_id()
+        self.version = package_version()
+        self.verification_secrets = tuple(self.settings.verification_secrets())
+        self._started = time.monotonic()
+        self._shutdown = threading.Event()
+        self._health: HealthState | None = None
+        self._schema: SchemaAnswer | None = None
+        server_process.register_agent(self)
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutdown.is_set()
+
+    def begin_shutdown(self) -> None:
+        """Answer health with 503 from now on, held watches at once, `RpcServerStop` to SSE."""
+        if self._shutdown.is_set():
+            return
+        self._shutdown.set()
+        logger.info("agent %s shutting down", self.instance_id)
+        self.health_watch.notify()
+        self.sse_manager.shutdown()
+
+    def schema_changed(self) -> None:
+        """Tell held watches to look at the schema again (after the app changed it)."""
+        self.schema_cache.current()
+
+    def uptime_s(self) -> float:
+        return time.monotonic() - self._started
+
+    def health_state(self) -> HealthState:
+        """The current health state; rebuilt only when the shutdown or the schema moved."""
+        _, schema_etag = self.schema_cache.current()
+        shutting_down = self.shutting_down
+        state = self._health
+        if (
+            state is None
+            or state.schema_etag != schema_etag
+            or (state.status_code == 503) != shutting_down
+        ):
+            state = self._health = self._build_health(schema_etag, shutting_down)
+        return state
+
+    def _build_health(self, schema_etag: str, shutting_down: bool) -> HealthState:
+        status = "shutting_down" if shutting_down else "ok"
+        fields = {
+            "status": status,
+            "version": self.version,
+            "instance_id": self.instance_id,
+            "schema_etag": schema_etag,
+        }
+        head = json.dumps(fields, separators=(",", ":"))[:-1] + ',"uptime_s":'
+        return HealthState(
+            status_code=503 if shutting_down else 200,
+            etag=health_etag(status, self.instance_id, schema_etag),
+            schema_etag=schema_etag,
+            body_head=head.encode(),
+        )
+
+    def health_body(self) -> dict[str, Any]:
+        """The small JSON body of /health, as a dict."""
+        body: dict[str, Any] = json.loads(self.health_state().body(self.uptime_s()))
+        return body
+
+    def health_etag(self, body: dict[str, Any]) -> str:
+        """The health state's token, as sent in the `ETag` of /health."""
+        return health_etag(body["status"], body["instance_id"], body["schema_etag"])
+
+    def schema_answer(self) -> SchemaAnswer:
+        """The schema's body and ETag; the body is encoded once per schema."""
+        schema, etag = self.schema_cache.current()
+        answer = self._schema
+        if answer is None or answer.etag != etag:
+            answer = self._schema = SchemaAnswer(etag, canonical_json(schema).encode())
+        return answer

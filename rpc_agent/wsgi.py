@@ -1,0 +1,140 @@
+"""`RpcAgentMiddleware` for any WSGI app: serves the agent's routes under the prefix and
+passes every other path to the app untouched."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from rpc_agent.core import AgentCore
+from rpc_agent.routes import (
+    MAX_REQUEST_BODY,
+    AgentRequest,
+    AgentRoutes,
+    HoldHealth,
+    OpenSse,
+    Reply,
+    too_large_reply,
+)
+from rpc_agent.schema import SchemaProvider
+from rpc_agent.settings import AgentSettings
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+logger = logging.getLogger(__name__)
+
+STATUS_LINES = {
+    200: "200 OK",
+    304: "304 Not Modified",
+    400: "400 Bad Request",
+    401: "401 Unauthorized",
+    405: "405 Method Not Allowed",
+    413: "413 Content Too Large",
+    503: "503 Service Unavailable",
+}
+
+
+def request_target(environ: WSGIEnvironment) -> str:
+    """The request target as the client sent it: path and query."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw:
+        return str(raw)
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    path = quote(path, safe="/;=,~!$&'()*+:@")
+    query = environ.get("QUERY_STRING", "")
+    return f"{path}?{query}" if query else path
+
+
+def read_body(environ: WSGIEnvironment) -> bytes | None:
+    """The request body (b"" when there is none), or None when it is over the cap."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    if length > MAX_REQUEST_BODY:
+        return None
+    if length > 0:
+        return bytes(environ["wsgi.input"].read(length))
+    return b""
+
+
+def agent_request(environ: WSGIEnvironment, body: bytes) -> AgentRequest:
+    return AgentRequest(
+        method=environ.get("REQUEST_METHOD", "GET"),
+        target=request_target(environ),
+        query=environ.get("QUERY_STRING", ""),
+        timestamp=environ.get("HTTP_X_TIMESTAMP"),
+        signature=environ.get("HTTP_X_SIGNATURE"),
+        if_none_match=environ.get("HTTP_IF_NONE_MATCH"),
+        body=body,
+        client=environ.get("REMOTE_ADDR") or "-",
+    )
+
+
+class RpcAgentMiddleware:
+    """Wraps a WSGI app with the agent; `.agent` is its `AgentCore` (`begin_shutdown()`).
+
+    A held watch holds a server thread, so watches are held only under a threaded server
+    (`wsgi.multithread`); a single-threaded worker answers them at once.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        settings: AgentSettings | None = None,
+        schema_provider: SchemaProvider | None = None,
+        *,
+        agent: AgentCore | None = None,
+    ) -> None:
+        self.app = app
+        self.agent = agent or AgentCore(settings=settings, schema_provider=schema_provider)
+        self.routes = AgentRoutes(self.agent)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        route = self.routes.match(environ.get("PATH_INFO", ""))
+        if route is None:
+            return self.app(environ, start_response)
+        body = read_body(environ)
+        if body is None:
+            return self._send(too_large_reply(), environ, start_response)
+        outcome = self.routes.handle(route, agent_request(environ, body))
+        if isinstance(outcome, HoldHealth):
+            outcome = self._hold(outcome, environ)
+        if isinstance(outcome, OpenSse):
+            start_response(STATUS_LINES[200], list(outcome.headers))
+            return encoded(
+                self.agent.sse_manager.open_stream(self.agent.settings.sse_heartbeat_interval)
+            )
+        return self._send(outcome, environ, start_response)
+
+    def _hold(self, hold: HoldHealth, environ: WSGIEnvironment) -> Reply:
+        if not environ.get("wsgi.multithread"):
+            logger.debug("single-threaded server: answering a health watch at once")
+        elif self.agent.health_watch.hold(hold.seconds, hold.generation):
+            logger.debug("held a health watch for up to %g s", hold.seconds)
+        else:
+            self.routes.held_over_bound()
+        return self.routes.health_reply()
+
+    @staticmethod
+    def _send(
+        reply: Reply, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        start_response(STATUS_LINES[reply.status], list(reply.headers))
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            return []
+        return [reply.body]
+
+
+def encoded(blocks: Iterator[str]) -> Iterator[bytes]:
+    """SSE blocks as the bytes a WSGI server writes; closing it closes the stream."""
+    try:
+        for block in blocks:
+            yield block.encode()
+    finally:
+        close = getattr(blocks, "close", None)
+        if close is not None:
+            close()
