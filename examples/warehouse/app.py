@@ -11,10 +11,13 @@ from examples.warehouse.database import connect, read_schema
 from rpc_agent import AgentSettings, RpcAgent
 
 
-def create_app(db_path: Path, settings: AgentSettings | None = None) -> Flask:
-    """The warehouse app; its agent serves the schema read from `db_path` at start."""
+def create_app(db_path: Path | str, settings: AgentSettings | None = None) -> Flask:
+    """The warehouse app; its agent serves the schema read from `db_path` at start.
+
+    Under gunicorn: `gunicorn -c python:rpc_agent.gunicorn 'examples.warehouse:create_app("w.db")'`.
+    """
     app = Flask("warehouse")
-    connection = connect(db_path)
+    connection = connect(Path(db_path))
     schema = read_schema(connection)
     RpcAgent(app, settings=settings, schema_provider=lambda: schema)
 
