@@ -37,9 +37,10 @@ def signed(
     method: str = "GET",
     secret: str = TEST_SECRET,
     scheme: SignatureScheme = "v2",
+    body: bytes = b"",
 ) -> dict[str, str]:
     """Signature headers for one request to `target` (path and query)."""
-    return signed_headers(secret, method=method, target=target, scheme=scheme)
+    return signed_headers(secret, method=method, target=target, body=body, scheme=scheme)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:

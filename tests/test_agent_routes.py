@@ -99,6 +99,26 @@ def test_init_app_style_registers_routes_and_extension() -> None:
     assert schema.get_json() == {"collections": [], "charts": []}
 
 
+def test_a_second_agent_on_the_same_app_is_refused() -> None:
+    app, first, client = make_agent()
+    second = RpcAgent(settings=AgentSettings(auth_secret=TEST_SECRET))
+    with pytest.raises(RuntimeError, match="already registered"):
+        second.init_app(app)
+    assert app.extensions["rpc_agent"] is first
+    assert get_signed(client, "/forest/health").get_json()["instance_id"] == first.instance_id
+
+
+def test_the_apps_own_hooks_do_not_see_agent_requests() -> None:
+    app, _, client = make_agent()
+
+    @app.before_request
+    def login_required() -> tuple[str, int]:
+        return "login first", 403
+
+    assert get_signed(client, "/forest/health").status_code == 200
+    assert client.get("/anything").status_code == 403
+
+
 def test_custom_url_prefix_moves_the_routes() -> None:
     _, _, client = make_agent(url_prefix="/agent/v1")
     for route in ("/agent/v1/health", "/agent/v1/rpc-schema"):

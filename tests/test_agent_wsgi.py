@@ -1,0 +1,162 @@
+"""The agent as WSGI middleware around a plain WSGI callable (no framework)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import requests
+from werkzeug.serving import make_server
+from werkzeug.test import Client, TestResponse
+
+from rpc_agent import AgentSettings
+from rpc_agent.wsgi import RpcAgentMiddleware
+from tests.support import TEST_SECRET, signed, wait_until
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+SCHEMA = {"collections": [{"name": "products", "fields": []}], "charts": []}
+HEALTH = "/forest/health"
+SCHEMA_ROUTE = "/forest/rpc-schema"
+
+
+def plain_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    echo = f"{environ['REQUEST_METHOD']} {environ['PATH_INFO']} {body.decode()}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("X-From", "app")])
+    return [echo]
+
+
+def wrapped(**settings: Any) -> RpcAgentMiddleware:
+    options: dict[str, Any] = {"auth_secret": TEST_SECRET, **settings}
+    return RpcAgentMiddleware(plain_app, AgentSettings(**options), lambda: SCHEMA)
+
+
+def get_signed(client: Client, target: str, **headers: str) -> TestResponse:
+    return client.get(target, headers={**signed(target), **headers})
+
+
+@pytest.fixture
+def client() -> Client:
+    return Client(wrapped())
+
+
+def test_health_is_answered_by_the_agent(client: Client) -> None:
+    response = get_signed(client, HEALTH)
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    body = response.get_json()
+    assert body["status"] == "ok"
+    assert response.headers["ETag"] and len(response.data) < 400
+    assert "X-From" not in response.headers
+
+
+def test_schema_and_its_conditional_answer(client: Client) -> None:
+    response = get_signed(client, SCHEMA_ROUTE)
+    assert response.status_code == 200
+    assert response.get_json() == SCHEMA
+    etag = response.headers["ETag"]
+    assert get_signed(client, HEALTH).get_json()["schema_etag"] == etag
+    again = get_signed(client, SCHEMA_ROUTE, **{"If-None-Match": etag})
+    assert again.status_code == 304
+    assert again.data == b""
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/products", "/forest", "/forest/unknown", "/forest/health/"]
+)
+def test_other_paths_reach_the_app_untouched(client: Client, path: str) -> None:
+    response = client.post(path, data=b"payload")
+    assert response.status_code == 200
+    assert response.headers["X-From"] == "app"
+    assert response.data == f"POST {path} payload".encode()
+
+
+def test_agent_routes_need_a_signature(client: Client) -> None:
+    response = client.get(HEALTH)
+    assert response.status_code == 401
+    assert response.get_json() == {"error": "Unauthorized", "reason": "missing_headers"}
+
+
+def test_head_gets_the_headers_without_a_body(client: Client) -> None:
+    response = client.head(HEALTH, headers=signed(HEALTH, method="HEAD"))
+    assert response.status_code == 200
+    assert int(response.headers["Content-Length"]) > 0
+    assert response.data == b""
+
+
+def test_another_method_is_a_405_json(client: Client) -> None:
+    response = client.post(HEALTH, headers=signed(HEALTH, method="POST"))
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "GET, HEAD"
+    assert response.get_json()["error"] == "method_not_allowed"
+
+
+def test_a_body_over_the_cap_is_a_413_json(client: Client) -> None:
+    response = client.get(HEALTH, data=b"x" * (64 * 1024 + 1), headers=signed(HEALTH))
+    assert response.status_code == 413
+    assert response.get_json()["error"] == "payload_too_large"
+
+
+def test_a_signed_body_is_verified(client: Client) -> None:
+    body = b'{"ping": 1}'
+    headers = signed(HEALTH, body=body)
+    assert client.get(HEALTH, data=body, headers=headers).status_code == 200
+    assert client.get(HEALTH, data=b'{"ping": 2}', headers=headers).status_code == 401
+
+
+def test_begin_shutdown_through_the_middleware_agent(client: Client) -> None:
+    middleware = client.application
+    assert isinstance(middleware, RpcAgentMiddleware)
+    middleware.agent.begin_shutdown()
+    response = get_signed(client, HEALTH)
+    assert response.status_code == 503
+    assert response.get_json()["status"] == "shutting_down"
+
+
+def test_a_single_threaded_server_answers_a_watch_at_once(client: Client) -> None:
+    # werkzeug's test client says wsgi.multithread False: holding would block the server.
+    etag = get_signed(client, HEALTH).headers["ETag"]
+    response = get_signed(client, f"{HEALTH}?wait=30", **{"If-None-Match": etag})
+    assert response.status_code == 200
+    assert response.headers["ETag"] == etag
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[RpcAgentMiddleware, str]]:
+    middleware = wrapped()
+    server = make_server("127.0.0.1", 0, middleware, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02})
+    thread.start()
+    try:
+        yield middleware, f"http://127.0.0.1:{server.server_port}"
+    finally:
+        middleware.agent.begin_shutdown()
+        server.shutdown()
+        thread.join()
+        server.server_close()
+
+
+def test_a_threaded_server_holds_a_watch_until_shutdown(
+    served: tuple[RpcAgentMiddleware, str],
+) -> None:
+    middleware, url = served
+    etag = requests.get(url + HEALTH, headers=signed(HEALTH), timeout=5).headers["ETag"]
+    target = f"{HEALTH}?wait=30"
+    answers: list[requests.Response] = []
+
+    def watch() -> None:
+        headers = {**signed(target), "If-None-Match": etag}
+        answers.append(requests.get(url + target, headers=headers, timeout=35))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    assert wait_until(lambda: middleware.agent.health_watch.held == 1, 5)
+    assert not answers
+    middleware.agent.begin_shutdown()
+    watcher.join(5)
+    assert [answer.status_code for answer in answers] == [503]
+    assert requests.get(url + "/products", timeout=5).text == "GET /products "

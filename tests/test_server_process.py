@@ -1,0 +1,60 @@
+"""One `instance_id` per server: the id a server's master announces before it forks."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from rpc_agent import AgentSettings, server_process
+from rpc_agent.core import AgentCore
+from tests.support import TEST_SECRET
+
+
+@pytest.fixture(autouse=True)
+def _announcements_undone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An announcement writes the environment: undo it after each test."""
+    monkeypatch.setenv(server_process.INSTANCE_ID_ENV, "")
+
+
+def new_agent() -> AgentCore:
+    return AgentCore(settings=AgentSettings(auth_secret=TEST_SECRET))
+
+
+def test_without_an_announced_id_each_agent_makes_its_own() -> None:
+    assert new_agent().instance_id != new_agent().instance_id
+
+
+def test_agents_made_after_an_announcement_share_the_servers_id() -> None:
+    announced = server_process.announce_instance_id()
+    assert os.environ[server_process.INSTANCE_ID_ENV] == announced
+    assert {new_agent().instance_id for _ in range(3)} == {announced}
+
+
+def test_each_announcement_is_a_new_id() -> None:
+    assert server_process.announce_instance_id() != server_process.announce_instance_id()
+
+
+@pytest.mark.parametrize("value", ["", "short", "Z" * 32, "0" * 31, "0" * 33, " " + "0" * 31])
+def test_a_malformed_announced_id_is_not_used(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv(server_process.INSTANCE_ID_ENV, value)
+    instance_id = new_agent().instance_id
+    assert instance_id != value
+    assert len(instance_id) == 32
+
+
+def test_live_agents_are_the_ones_still_referenced() -> None:
+    kept = new_agent()
+    assert kept in server_process.live_agents()
+
+
+def test_the_worker_heartbeat_is_called_only_once_set() -> None:
+    beats: list[int] = []
+    server_process.worker_heartbeat()
+    server_process.set_worker_heartbeat(lambda: beats.append(1))
+    try:
+        server_process.worker_heartbeat()
+        server_process.worker_heartbeat()
+    finally:
+        server_process.set_worker_heartbeat(None)
+    assert beats == [1, 1]
