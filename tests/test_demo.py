@@ -6,12 +6,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_demo_tells_the_whole_story_and_exits_zero() -> None:
+@pytest.mark.parametrize(
+    ("server", "module"), [("flask", "examples.warehouse"), ("asgi", "examples.warehouse_asgi")]
+)
+def test_demo_tells_the_whole_story_and_exits_zero(server: str, module: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "examples.demo"],
+        [sys.executable, "-m", "examples.demo", "--server", server],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -19,7 +24,7 @@ def test_demo_tells_the_whole_story_and_exits_zero() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    story = ["warehouse up"]
+    story = [f"warehouse ({module}) up"]
     for mode, column in (("poll", "weight_grams"), ("watch", "color")):
         story += [
             f"[{mode}] master connected: collections manufacturers, products",

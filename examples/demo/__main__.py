@@ -30,6 +30,8 @@ FAILURE_THRESHOLD = 3
 PROBE_TIMEOUT = 1.0
 WATCH_WAIT = 2.0
 MODES = ("poll", "watch")
+# The data server the demo runs: the Flask warehouse on cheroot, or the FastAPI one on uvicorn.
+SERVERS = {"flask": "examples.warehouse", "asgi": "examples.warehouse_asgi"}
 NEW_COLUMNS = {
     "poll": ("products", "weight_grams", "INTEGER"),
     "watch": ("products", "color", "TEXT"),
@@ -60,9 +62,10 @@ def free_port() -> int:
 class Demo:
     """The story, step by step, with a timeline relative to the start."""
 
-    def __init__(self, workdir: Path, verbose: bool) -> None:
+    def __init__(self, workdir: Path, verbose: bool, server: str = "flask") -> None:
         self.started = time.monotonic()
         self.verbose = verbose
+        self.server_module = SERVERS[server]
         self.secret = secrets.token_urlsafe(32)
         self.db = workdir / "warehouse.db"
         self.warehouse_port = free_port()
@@ -85,7 +88,7 @@ class Demo:
 
     def start_warehouse(self) -> ChildProcess:
         args = ["--host", "127.0.0.1", "--port", str(self.warehouse_port), "--db", str(self.db)]
-        warehouse = ChildProcess("warehouse", "examples.warehouse", args, self.env)
+        warehouse = ChildProcess("warehouse", self.server_module, args, self.env)
         deadline = time.monotonic() + 30
         url = f"http://127.0.0.1:{self.warehouse_port}/forest/health"
         while time.monotonic() < deadline:
@@ -117,7 +120,10 @@ class Demo:
 
     def run(self) -> None:
         self.warehouse = self.start_warehouse()
-        self.say(f"warehouse up on port {self.warehouse_port} (secret generated for this run)")
+        self.say(
+            f"warehouse ({self.server_module}) up on port {self.warehouse_port}"
+            " (secret generated for this run)"
+        )
         for mode in MODES:
             self.run_mode(mode)
         self.print_comparison()
@@ -264,9 +270,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run the story; 0 when it happened as it should."""
     parser = argparse.ArgumentParser(prog="python -m examples.demo", description=__doc__)
     parser.add_argument("--verbose", action="store_true", help="echo the master's event lines")
+    parser.add_argument(
+        "--server",
+        choices=sorted(SERVERS),
+        default="flask",
+        help="the warehouse to run: Flask on cheroot (default) or FastAPI on uvicorn",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="rpc-demo-") as workdir:
-        demo = Demo(Path(workdir), args.verbose)
+        demo = Demo(Path(workdir), args.verbose, args.server)
         try:
             demo.run()
         except StepFailed as error:
