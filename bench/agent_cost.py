@@ -177,6 +177,16 @@ class WrkRun:
     requests: int
     bad: int  # non-2xx/3xx answers + socket errors
     latency: str
+    server_cpu_us: float = 0.0  # the server's CPU (user + sys) per request in this run
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 WRK_RPS = re.compile(r"^Requests/sec:\s+([0-9.]+)", re.MULTILINE)
@@ -210,12 +220,16 @@ def run_wrk(
     command.append(server.url(route))
     if server.cpus is not None:
         command = ["taskset", "-c", args.wrk_cpus, *command]
+    cpu_before = process_cpu_s(server.process.pid)
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=args.duration + 30.0, check=False
     )
+    cpu = process_cpu_s(server.process.pid) - cpu_before
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip()}")
-    return parse_wrk(route, done.stdout)
+    run = parse_wrk(route, done.stdout)
+    run.server_cpu_us = cpu / max(run.requests, 1) * 1e6
+    return run
 
 
 @dataclass
@@ -255,9 +269,11 @@ class Pairs:
         }
 
 
-def measure_wrk(args: argparse.Namespace, cpus: str | None, label: str) -> Pairs:
-    """Start a server (pinned to `cpus`), alternate wrk runs on both routes, stop it."""
-    pairs = Pairs("req/s", higher_is_faster=True)
+def measure_wrk(args: argparse.Namespace, cpus: str | None, label: str) -> tuple[Pairs, Pairs]:
+    """Start a server (pinned to `cpus`), alternate wrk runs on both routes, stop it; the
+    req/s of each run, and the server's CPU µs per request of each run."""
+    rps = Pairs("req/s", higher_is_faster=True)
+    cpu = Pairs("server CPU µs/request", higher_is_faster=False, notes=rps.notes)
     server = Server.start(cpus)
     try:
         sizes = server.sizes()
@@ -273,22 +289,26 @@ def measure_wrk(args: argparse.Namespace, cpus: str | None, label: str) -> Pairs
                 headers = health_headers() if route == HEALTH_PATH else {}
                 runs.append(run_wrk(server, route, args, headers))
             health, bare = runs
-            pairs.health.append(health.rps)
-            pairs.bare.append(bare.rps)
+            rps.health.append(health.rps)
+            rps.bare.append(bare.rps)
+            cpu.health.append(health.server_cpu_us)
+            cpu.bare.append(bare.server_cpu_us)
             for run in runs:
                 if run.bad:
-                    pairs.notes.append(f"round {round_no} {run.route}: {run.bad} bad answers/errors")
+                    rps.notes.append(f"round {round_no} {run.route}: {run.bad} bad answers/errors")
             print(
-                f"    round {round_no}: health {health.rps:8.0f} req/s (latency {health.latency}), "
-                f"bare {bare.rps:8.0f} req/s (latency {bare.latency}), "
-                f"cost ratio {bare.rps / health.rps:.3f}"
+                f"    round {round_no}: health {health.rps:6.0f} req/s "
+                f"({health.server_cpu_us:5.0f} µs CPU, latency {health.latency}), "
+                f"bare {bare.rps:6.0f} req/s ({bare.server_cpu_us:5.0f} µs CPU, "
+                f"latency {bare.latency}); cost ratio {bare.rps / health.rps:.3f} "
+                f"(CPU {health.server_cpu_us / bare.server_cpu_us:.3f})"
                 + ("  [BAD ANSWERS]" if health.bad or bare.bad else "")
             )
     finally:
         code = server.stop()
         if code != 0:
-            pairs.notes.append(f"server exit code {code}")
-    return pairs
+            rps.notes.append(f"server exit code {code}")
+    return rps, cpu
 
 
 # ---------------------------------------------------------------- in-process measures
@@ -455,10 +475,12 @@ def main(argv: list[str] | None = None) -> int:
     with sigterm_as_interrupt():
         wrk_args = f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s"
         print(f"\n1. production server (cheroot, serve_agent_until_signalled), {wrk_args}")
-        results["cheroot unpinned"] = measure_wrk(args, None, "unpinned")
+        rps, cpu = measure_wrk(args, None, "unpinned")
+        results["cheroot unpinned"], results["cheroot unpinned, server CPU"] = rps, cpu
         if not args.no_pinned:
             label = f"pinned (server taskset -c {args.server_cpus}, wrk taskset -c {args.wrk_cpus})"
-            results["cheroot pinned"] = measure_wrk(args, args.server_cpus, label)
+            rps, cpu = measure_wrk(args, args.server_cpus, label)
+            results["cheroot pinned"], results["cheroot pinned, server CPU"] = rps, cpu
         per_round = args.requests // args.rounds
         print(f"\n2. Flask test client, {per_round} requests of each per round, signed once a round")
         results["test client"] = measure_in_process(args.rounds, per_round, client_calls(app))
