@@ -58,8 +58,9 @@ from bench._support import (
     write_json,
 )
 from rpc_agent import AgentSettings, RpcAgent
+from rpc_agent.routes import AgentRequest, AgentRoutes, Reply
 from rpc_agent.serving import serve_agent_until_signalled
-from rpc_common.signing import signed_headers
+from rpc_common.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, signed_headers, verify_request
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -192,7 +193,9 @@ def process_cpu_s(pid: int) -> float:
 WRK_RPS = re.compile(r"^Requests/sec:\s+([0-9.]+)", re.MULTILINE)
 WRK_TOTAL = re.compile(r"^\s*([0-9]+) requests in", re.MULTILINE)
 WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses:\s+([0-9]+)")
-WRK_ERRORS = re.compile(r"Socket errors: connect ([0-9]+), read ([0-9]+), write ([0-9]+), timeout ([0-9]+)")
+WRK_ERRORS = re.compile(
+    r"Socket errors: connect ([0-9]+), read ([0-9]+), write ([0-9]+), timeout ([0-9]+)"
+)
 WRK_LATENCY = re.compile(r"^\s*Latency\s+(\S+)", re.MULTILINE)
 
 
@@ -207,7 +210,9 @@ def parse_wrk(route: str, output: str) -> WrkRun:
     if (errors := WRK_ERRORS.search(output)) is not None:
         bad += sum(int(value) for value in errors.groups())
     latency = WRK_LATENCY.search(output)
-    return WrkRun(route, float(rps.group(1)), int(total.group(1)), bad, latency.group(1) if latency else "?")
+    return WrkRun(
+        route, float(rps.group(1)), int(total.group(1)), bad, latency.group(1) if latency else "?"
+    )
 
 
 def run_wrk(
@@ -324,7 +329,9 @@ def time_calls(call: Callable[[], int], count: int) -> float:
 
 
 def measure_in_process(
-    rounds: int, per_round: int, make_calls: Callable[[], tuple[Callable[[], int], Callable[[], int]]]
+    rounds: int,
+    per_round: int,
+    make_calls: Callable[[], tuple[Callable[[], int], Callable[[], int]]],
 ) -> Pairs:
     """Alternate A (health) and B (bare) blocks of `per_round` calls; one warm-up round first."""
     pairs = Pairs("µs/request", higher_is_faster=False)
@@ -415,6 +422,46 @@ class _EmptyInput:
 _EMPTY_INPUT = _EmptyInput()
 
 
+def breakdown(agent: RpcAgent, rounds: int, count: int) -> dict[str, float]:
+    """Median µs per call of the agent's layers for one signed health request: the signature
+    check alone, and `AgentRoutes.handle` (check + answer), without the WSGI adapter."""
+    routes = AgentRoutes(agent)
+    route = routes.match(HEALTH_PATH)
+    assert route is not None
+    settings = agent.settings
+    figures: dict[str, list[float]] = {"verify_request": [], "AgentRoutes.handle": []}
+    for _ in range(rounds + 1):  # the first round warms up
+        headers = health_headers()
+        request = AgentRequest(
+            method="GET",
+            target=HEALTH_PATH,
+            query="",
+            timestamp=headers[TIMESTAMP_HEADER],
+            signature=headers[SIGNATURE_HEADER],
+        )
+
+        def verify(request: AgentRequest = request) -> int:
+            failure = verify_request(
+                request.timestamp,
+                request.signature,
+                method=request.method,
+                target=request.target,
+                body=request.body,
+                secrets=agent.verification_secrets,
+                allowed_clock_skew=settings.allowed_clock_skew,
+                require_bound=settings.require_bound_signatures,
+            )
+            return 200 if failure is None else 401
+
+        def handle(request: AgentRequest = request) -> int:
+            reply = routes.handle(route, request)
+            return reply.status if isinstance(reply, Reply) else 0
+
+        figures["verify_request"].append(time_calls(verify, count))
+        figures["AgentRoutes.handle"].append(time_calls(handle, count))
+    return {name: statistics.median(values[1:]) for name, values in figures.items()}
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -464,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{WRK} not found (Debian package wrk)")
 
     print(f"machine: {machine_note()}")
-    app, _agent = build_app()
+    app, agent = build_app()
     client = app.test_client()
     health_size = len(client.get(HEALTH_PATH, headers=health_headers()).get_data())
     bare_size = len(client.get(BARE_PATH).get_data())
@@ -482,10 +529,20 @@ def main(argv: list[str] | None = None) -> int:
             rps, cpu = measure_wrk(args, args.server_cpus, label)
             results["cheroot pinned"], results["cheroot pinned, server CPU"] = rps, cpu
         per_round = args.requests // args.rounds
-        print(f"\n2. Flask test client, {per_round} requests of each per round, signed once a round")
+        print(
+            f"\n2. Flask test client, {per_round} requests of each per round, signed once a round"
+        )
         results["test client"] = measure_in_process(args.rounds, per_round, client_calls(app))
         print(f"\n3. direct WSGI call (no server, no client), {per_round} of each per round")
         results["direct WSGI"] = measure_in_process(args.rounds, per_round, direct_calls(app))
+        layers = breakdown(agent, args.rounds, per_round)
+        direct = results["direct WSGI"].summary()
+        layers["RpcAgentMiddleware (direct WSGI, health)"] = direct["median_health"]
+        layers["Flask /bare (direct WSGI)"] = direct["median_bare"]
+        report["layers_us"] = layers
+        print("\n4. layers of a signed health request (median µs per call)")
+        for name, value in layers.items():
+            print(f"    {name}: {value:.1f} µs")
 
     print(f"\nsummary: cost(signed /forest/health) / cost(bare JSON route), limit {LIMIT:.2f}")
     for name, pairs in results.items():
