@@ -63,7 +63,7 @@ def body_digest(body: bytes) -> str:
 
 
 def _hmac_hex(secret: str, message: str) -> str:
-    return hmac.new(secret.encode("utf-8"), message.encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.digest(secret.encode("utf-8"), message.encode("utf-8"), "sha256").hex()
 
 
 def sign_original(secret: str, timestamp: str) -> str:
