@@ -14,11 +14,17 @@ client: µs(health) / µs(bare)). The issue asks for at most 1.10.
    *unpinned* (server and wrk share both cores as the scheduler likes) and *pinned*
    (server `taskset -c 0`, wrk `taskset -c 1`: the server has one core of its own and is
    CPU-bound). A run with any non-2xx answer or socket error is reported and not trusted.
+   Also shown: the server's CPU (user + sys of the child, from /proc) per request of each
+   run, a second view of the same cost that the client's share of the cores does not move.
 2. **Test client.** `app.test_client()` in this process, `--requests` requests of each
    route, in `--rounds` rounds of A then B. Health is signed once per round, not per request
    (making headers per request would add the client's signing cost to health only).
 3. **Direct WSGI call.** The app called with a prepared environ, no server and no client:
    what the agent's middleware and the Flask route cost alone, same rounds.
+4. **Layers** (median µs per call): `verify_request` alone, `AgentRoutes.handle` (check and
+   answer), the whole middleware (the direct call of 3.) and Flask's `/bare` for reference.
+
+The ratios are reported as the ratio of the medians, and per round (A and B side by side).
 
 Exit status 0 either way (a measurement, not a test); 130 on Ctrl-C.
 
