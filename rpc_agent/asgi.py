@@ -38,13 +38,22 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+def route_path(scope: Scope) -> str:
+    """The path within the app: ASGI's `path` includes the `root_path` it is mounted at."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if root_path and path.startswith(root_path):
+        return path[len(root_path) :]
+    return path
+
+
 def request_target(scope: Scope) -> str:
     """The request target as the client sent it: the raw path and the query."""
     raw_path = scope.get("raw_path")
     if raw_path:
         path = bytes(raw_path).decode("latin-1")
     else:
-        path = quote(scope.get("root_path", "") + scope["path"], safe="/;=,~!$&'()*+:@")
+        path = quote(scope["path"], safe="/;=,~!$&'()*+:@")
     query = bytes(scope.get("query_string", b"")).decode("latin-1")
     return f"{path}?{query}" if query else path
 
@@ -119,7 +128,7 @@ class RpcAgentMiddleware:
         if scope["type"] == "lifespan":
             await self.app(scope, self._watch_lifespan(receive), send)
             return
-        route = self.routes.match(scope["path"]) if scope["type"] == "http" else None
+        route = self.routes.match(route_path(scope)) if scope["type"] == "http" else None
         if route is None:
             await self.app(scope, receive, send)
             return
