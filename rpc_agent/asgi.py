@@ -12,19 +12,16 @@ from typing import Any
 from urllib.parse import quote
 
 from rpc_agent import stop_signal
-from rpc_agent.core import AgentCore
 from rpc_agent.routes import (
     MAX_REQUEST_BODY,
+    AgentMiddlewareBase,
     AgentRequest,
-    AgentRoutes,
     Headers,
     HoldHealth,
     OpenSse,
     Reply,
     too_large_reply,
 )
-from rpc_agent.schema import SchemaProvider
-from rpc_agent.settings import AgentSettings
 from rpc_agent.sse import SseStream
 
 logger = logging.getLogger(__name__)
@@ -104,25 +101,13 @@ def encoded_headers(headers: Headers) -> list[tuple[bytes, bytes]]:
     return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
 
-class RpcAgentMiddleware:
+class RpcAgentMiddleware(AgentMiddlewareBase[ASGIApp]):
     """Wraps an ASGI app with the agent; `.agent` is its `AgentCore` (`begin_shutdown()`).
 
     At the lifespan's startup, under a server that runs the app on its main thread
     (uvicorn), it puts itself in front of the server's SIGTERM/SIGINT handlers, so the
     shutdown begins at the signal, before the server waits for open connections.
     """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        settings: AgentSettings | None = None,
-        schema_provider: SchemaProvider | None = None,
-        *,
-        agent: AgentCore | None = None,
-    ) -> None:
-        self.app = app
-        self.agent = agent or AgentCore(settings=settings, schema_provider=schema_provider)
-        self.routes = AgentRoutes(self.agent)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

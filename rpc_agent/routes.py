@@ -8,10 +8,13 @@ import json
 import logging
 from dataclasses import dataclass
 from enum import Enum
+from typing import Generic, TypeVar
 from urllib.parse import parse_qsl
 
 from rpc_agent.core import AgentCore, HealthState
 from rpc_agent.health_watch import BadWait, parse_wait
+from rpc_agent.schema import SchemaProvider
+from rpc_agent.settings import AgentSettings
 from rpc_common.signing import verify_request
 
 logger = logging.getLogger(__name__)
@@ -200,3 +203,23 @@ class AgentRoutes:
         logger.debug(
             "over %d held watches: answering at once", self.agent.health_watch.max_watchers
         )
+
+
+App = TypeVar("App")
+
+
+class AgentMiddlewareBase(Generic[App]):
+    """What the WSGI and ASGI middlewares share: the wrapped app, the agent (made from the
+    settings and provider, or given), and its routes."""
+
+    def __init__(
+        self,
+        app: App,
+        settings: AgentSettings | None = None,
+        schema_provider: SchemaProvider | None = None,
+        *,
+        agent: AgentCore | None = None,
+    ) -> None:
+        self.app = app
+        self.agent = agent or AgentCore(settings=settings, schema_provider=schema_provider)
+        self.routes = AgentRoutes(self.agent)

@@ -8,18 +8,15 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from rpc_agent.core import AgentCore
 from rpc_agent.routes import (
     MAX_REQUEST_BODY,
+    AgentMiddlewareBase,
     AgentRequest,
-    AgentRoutes,
     HoldHealth,
     OpenSse,
     Reply,
     too_large_reply,
 )
-from rpc_agent.schema import SchemaProvider
-from rpc_agent.settings import AgentSettings
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -74,24 +71,14 @@ def agent_request(environ: WSGIEnvironment, body: bytes) -> AgentRequest:
     )
 
 
-class RpcAgentMiddleware:
+class RpcAgentMiddleware(AgentMiddlewareBase["WSGIApplication"]):
     """Wraps a WSGI app with the agent; `.agent` is its `AgentCore` (`begin_shutdown()`).
 
     A held watch holds a server thread, so watches are held only under a threaded server
     (`wsgi.multithread`); a single-threaded worker answers them at once.
     """
 
-    def __init__(
-        self,
-        app: WSGIApplication,
-        settings: AgentSettings | None = None,
-        schema_provider: SchemaProvider | None = None,
-        *,
-        agent: AgentCore | None = None,
-    ) -> None:
-        self.app = app
-        self.agent = agent or AgentCore(settings=settings, schema_provider=schema_provider)
-        self.routes = AgentRoutes(self.agent)
+    app: WSGIApplication
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         route = self.routes.match(environ.get("PATH_INFO", ""))
