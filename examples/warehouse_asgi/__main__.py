@@ -3,19 +3,15 @@ uvicorn (the same as `uvicorn --factory`, with the settings checked first)."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
-from pathlib import Path
 from types import FrameType
 
 import uvicorn
 
-from examples.logs import configure_logging
+from examples.warehouse.cli import parse_arguments, settings_or_none
 from examples.warehouse_asgi.app import create_app
-from rpc_agent.core import load_agent_settings
-from rpc_common.settings import ConfigurationError
 
 logger = logging.getLogger("examples.warehouse_asgi")
 
@@ -26,17 +22,9 @@ def ignore_signal(_signum: int, _frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, load settings from the environment, serve until signalled."""
-    parser = argparse.ArgumentParser(prog="python -m examples.warehouse_asgi", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5001)
-    parser.add_argument("--db", type=Path, default=Path("warehouse.db"))
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level)
-    try:
-        settings = load_agent_settings()
-    except ConfigurationError as error:
-        print(f"warehouse_asgi: {error}", file=sys.stderr)
+    args = parse_arguments("examples.warehouse_asgi", __doc__, argv)
+    settings = settings_or_none("warehouse_asgi")
+    if settings is None:
         return 2
     app = create_app(args.db, settings)
     logger.info(
