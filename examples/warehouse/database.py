@@ -33,15 +33,25 @@ CHARTS = [{"name": "stock_by_manufacturer", "type": "bar", "collection": "produc
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """Open the database, creating and seeding it when the file is absent."""
-    exists = path.exists()
-    connection = sqlite3.connect(path, check_same_thread=False)
+    """Open the database, creating and seeding it when it has no tables yet.
+
+    The check and the creation are one write transaction, so the workers of one server
+    starting together create it once, and none reads a half-made file.
+    """
+    connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
     connection.row_factory = sqlite3.Row
-    if not exists:
-        with connection:
-            connection.executescript(CREATE_TABLES)
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        if connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+            for statement in CREATE_TABLES.split(";"):
+                if statement.strip():
+                    connection.execute(statement)
             connection.executemany("INSERT INTO manufacturers VALUES (?, ?, ?)", MANUFACTURERS)
             connection.executemany("INSERT INTO products VALUES (?, ?, ?, ?, ?)", PRODUCTS)
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
     return connection
 
 
