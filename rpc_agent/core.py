@@ -99,6 +99,20 @@ class AgentCore:
         self.health_watch.notify()
         self.sse_manager.shutdown()
 
+    def adopt_instance_id(self, instance_id: str) -> None:
+        """Answer the server's `instance_id` (an app loaded before the server announced
+        one, as with gunicorn's `--preload`)."""
+        self.instance_id = instance_id
+        self._health = None
+
+    def step_aside(self) -> None:
+        """This process is being replaced while the server lives on (a reload): answer held
+        watches and end the SSE stream (its client reconnects to a new worker), but do not
+        announce a shutdown."""
+        logger.info("agent %s replaced by a newer start of the server", self.instance_id)
+        self.health_watch.notify()
+        self.sse_manager.end_current()
+
     def schema_changed(self) -> None:
         """Tell held watches to look at the schema again (after the app changed it)."""
         self.schema_cache.current()

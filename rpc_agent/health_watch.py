@@ -46,6 +46,11 @@ class HealthWatch:
         self._held = 0
         self._wakers: set[Callable[[], None]] = set()
 
+    def cap(self, most: int) -> None:
+        """Hold at most `most` requests from now on (fewer than the setting allows)."""
+        with self._changed:
+            self.max_watchers = min(self.max_watchers, most)
+
     @property
     def held(self) -> int:
         with self._changed:

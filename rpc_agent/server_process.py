@@ -3,6 +3,7 @@ agents a server hook stops, and the worker's liveness heartbeat."""
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import threading
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
 INSTANCE_ID_ENV = "FOREST_INSTANCE_ID"
 _INSTANCE_ID_SHAPE = re.compile(r"[0-9a-f]{32}")
 
+# The latest announced id, in memory the master shares with the workers it forks: a worker
+# told to stop sees whether the server lives on under a newer id (a reload replacing it).
+_latest_announced = mmap.mmap(-1, 32)
 _live_agents: weakref.WeakSet[AgentCore] = weakref.WeakSet()
 _lock = threading.Lock()
 _heartbeat: Callable[[], None] | None = None
@@ -34,7 +38,15 @@ def announce_instance_id() -> str:
     children (forked workers) answer; called by a server's master at each start."""
     instance_id = new_instance_id()
     os.environ[INSTANCE_ID_ENV] = instance_id
+    _latest_announced[:] = instance_id.encode()
     return instance_id
+
+
+def replaced_by_a_newer_start(agent: AgentCore) -> bool:
+    """Whether the server announced a newer `instance_id` than this agent's since it was
+    forked: its workers are being replaced (a reload), not the server stopped."""
+    latest = _latest_announced[:].decode()
+    return bool(_INSTANCE_ID_SHAPE.fullmatch(latest)) and latest != agent.instance_id
 
 
 def server_instance_id() -> str:

@@ -112,6 +112,12 @@ class SseConnectionManager:
         if current is not None:
             current.end(StreamEnd.SHUTDOWN)
 
+    def end_current(self) -> None:
+        """End the active stream without `RpcServerStop`, as a newer stream would."""
+        current = self.current
+        if current is not None:
+            current.end(StreamEnd.SUPERSEDED)
+
     def open_stream(self, heartbeat_interval: float) -> Iterator[str]:
         """The event blocks of a new stream, for a thread to send: heartbeats until
         superseded, shut down or gone.

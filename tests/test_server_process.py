@@ -58,3 +58,42 @@ def test_the_worker_heartbeat_is_called_only_once_set() -> None:
     finally:
         server_process.set_worker_heartbeat(None)
     assert beats == [1, 1]
+
+
+def test_an_agent_is_replaced_once_the_server_announced_a_newer_id() -> None:
+    server_process.announce_instance_id()
+    agent = new_agent()
+    assert not server_process.replaced_by_a_newer_start(agent)
+    server_process.announce_instance_id()
+    assert server_process.replaced_by_a_newer_start(agent)
+    assert not server_process.replaced_by_a_newer_start(new_agent())
+
+
+def test_an_agent_made_before_the_announcement_adopts_the_servers_id() -> None:
+    agent = new_agent()
+    before = agent.health_body()["instance_id"]
+    announced = server_process.announce_instance_id()
+    agent.adopt_instance_id(announced)
+    assert before != announced
+    assert agent.health_body()["instance_id"] == announced
+    assert not server_process.replaced_by_a_newer_start(agent)
+
+
+def test_stepping_aside_ends_the_stream_without_a_shutdown() -> None:
+    agent = new_agent()
+    stream = agent.sse_manager.open_stream(heartbeat_interval=30)
+    assert "heartbeat" in next(stream)
+    generation = agent.health_watch.generation
+    agent.step_aside()
+    assert list(stream) == []  # ended without RpcServerStop, as a newer stream would
+    assert agent.health_watch.generation > generation
+    assert not agent.shutting_down
+    assert agent.health_body()["status"] == "ok"
+
+
+def test_the_watcher_bound_can_only_be_lowered() -> None:
+    agent = AgentCore(settings=AgentSettings(auth_secret=TEST_SECRET, health_max_watchers=8))
+    agent.health_watch.cap(2)
+    assert agent.health_watch.max_watchers == 2
+    agent.health_watch.cap(5)
+    assert agent.health_watch.max_watchers == 2
