@@ -38,7 +38,6 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -62,6 +61,8 @@ from bench._support import (
 )
 from examples.warehouse.database import connect
 from rpc_common.signing import signed_headers
+from tests.server_processes import ALL_KINDS as KINDS
+from tests.server_processes import ServerKind
 
 HEALTH = "/forest/health"
 SSE = "/forest/sse"
@@ -74,50 +75,6 @@ DEFAULT_DRAIN_S = 1.0  # AgentSettings.shutdown_drain_seconds
 PROBE_EVERY_S = 0.010
 READ_TIMEOUT_S = 60.0
 METRICS = ("sse_stop", "watch", "probe_503", "exit")
-
-
-@dataclass(frozen=True)
-class ServerKind:
-    name: str
-    holds_watches: bool
-    worker_class: str | None  # gunicorn's -k; None: uvicorn
-
-    def command(self, port: int, db: Path) -> list[str]:
-        if self.worker_class is None:
-            where = ["--host", "127.0.0.1", "--port", str(port), "--db", str(db)]
-            return [
-                sys.executable,
-                "-m",
-                "examples.warehouse_asgi",
-                *where,
-                "--log-level",
-                "WARNING",
-            ]
-        # gunicorn makes `-k sync` a gthread worker when --threads is over 1.
-        threads = ["--threads", "4"] if self.worker_class == "gthread" else []
-        return [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "python:rpc_agent.gunicorn",
-            "--no-control-socket",
-            "-w",
-            "2",
-            "-k",
-            self.worker_class,
-            *threads,
-            "-b",
-            f"127.0.0.1:{port}",
-            f"examples.warehouse:create_app({str(db)!r})",
-        ]
-
-
-KINDS = (
-    ServerKind("gunicorn-gthread", holds_watches=True, worker_class="gthread"),
-    ServerKind("gunicorn-sync", holds_watches=False, worker_class="sync"),
-    ServerKind("uvicorn-fastapi", holds_watches=True, worker_class=None),
-)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
