@@ -130,7 +130,7 @@ class RpcAgentMiddleware(AgentMiddlewareBase[ASGIApp]):
             signature=headers.get(b"x-signature"),
             if_none_match=headers.get(b"if-none-match"),
             body=body,
-            client=str((scope.get("client") or ("-",))[0]),
+            client=":".join(str(part) for part in scope.get("client") or ("-", "-")),
         )
         outcome = self.routes.handle(route, request)
         if isinstance(outcome, OpenSse):
@@ -172,7 +172,7 @@ class RpcAgentMiddleware(AgentMiddlewareBase[ASGIApp]):
         loop = asyncio.get_running_loop()
         ended = asyncio.Event()
         gone = asyncio.ensure_future(disconnected(receive))
-        stream = SseStream(self.agent.sse_manager)
+        stream = SseStream(self.agent.sse_manager, sse.client)
 
         def wake() -> None:
             loop.call_soon_threadsafe(ended.set)

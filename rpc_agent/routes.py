@@ -43,7 +43,7 @@ class AgentRequest:
     signature: str | None
     if_none_match: str | None = None
     body: bytes = b""
-    client: str = "-"
+    client: str = "-"  # the peer's address and port, for the log
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,10 @@ class HoldHealth:
 
 @dataclass(frozen=True)
 class OpenSse:
-    """Send the SSE headers, then stream (see `SseStream`)."""
+    """Send the SSE headers, then stream (see `SseStream`) to `client`."""
 
     headers: Headers
+    client: str
 
 
 SSE_HEADERS: Headers = [
@@ -165,7 +166,7 @@ class AgentRoutes:
             return self._schema(request)
         if request.method == "HEAD":
             return Reply(200, SSE_HEADERS, b"")
-        return OpenSse(SSE_HEADERS)
+        return OpenSse(SSE_HEADERS, request.client)
 
     def _health(self, request: AgentRequest) -> Reply | HoldHealth:
         wait = wait_value(request.query)

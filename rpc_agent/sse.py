@@ -11,26 +11,37 @@ from collections.abc import Callable, Iterator
 from enum import StrEnum
 
 from rpc_agent.server_process import worker_heartbeat
-from rpc_common.sse_protocol import HEARTBEAT_EVENT, STOP_EVENT
+from rpc_common.sse_protocol import (
+    HEARTBEAT_EVENT,
+    STOP_EVENT,
+    SUPERSEDED_EVENT,
+    SUPERSEDED_RETRY_MS,
+)
 
 logger = logging.getLogger(__name__)
 
 
-def format_event(event: str, data: str) -> str:
+def format_event(event: str, data: str, retry_ms: int | None = None) -> str:
     """One SSE event block; multi-line data becomes several `data:` lines."""
     lines = [f"event: {event}"] + [f"data: {line}" for line in data.split("\n")]
+    if retry_ms is not None:
+        lines.append(f"retry: {retry_ms}")
     return "\n".join(lines) + "\n\n"
 
 
 HEARTBEAT_BLOCK = format_event(HEARTBEAT_EVENT, '""')
 STOP_BLOCK = format_event(STOP_EVENT, json.dumps({"event": STOP_EVENT}))
+SUPERSEDED_BLOCK = format_event(
+    SUPERSEDED_EVENT, json.dumps({"event": SUPERSEDED_EVENT}), retry_ms=SUPERSEDED_RETRY_MS
+)
 
 
 class StreamEnd(StrEnum):
     """Why the agent ended a stream."""
 
-    SUPERSEDED = "superseded"
+    SUPERSEDED = "superseded"  # a newer stream took the slot
     SHUTDOWN = "shutdown"
+    REPLACED = "replaced"  # the worker is being replaced while the server lives on
 
 
 class SseConnection:
@@ -86,7 +97,7 @@ class SseConnectionManager:
         with self._lock:
             return self._current
 
-    def register(self) -> SseConnection:
+    def register(self, client: str = "-") -> SseConnection:
         """A new active connection; the previous one, if any, is ended as superseded."""
         connection = SseConnection()
         with self._lock:
@@ -94,7 +105,12 @@ class SseConnectionManager:
             if self._shutting_down:
                 connection.end(StreamEnd.SHUTDOWN)
         if previous is not None:
-            logger.info("SSE stream %s superseded by %s", previous.id, connection.id)
+            logger.warning(
+                "SSE stream %s superseded by %s from %s: two masters on one agent's stream?",
+                previous.id,
+                connection.id,
+                client,
+            )
             previous.end(StreamEnd.SUPERSEDED)
         return connection
 
@@ -113,19 +129,20 @@ class SseConnectionManager:
             current.end(StreamEnd.SHUTDOWN)
 
     def end_current(self) -> None:
-        """End the active stream without `RpcServerStop`, as a newer stream would."""
+        """End the active stream with no last event: its client reconnects (to a newer
+        worker) as after any lost connection."""
         current = self.current
         if current is not None:
-            current.end(StreamEnd.SUPERSEDED)
+            current.end(StreamEnd.REPLACED)
 
-    def open_stream(self, heartbeat_interval: float) -> Iterator[str]:
+    def open_stream(self, heartbeat_interval: float, client: str = "-") -> Iterator[str]:
         """The event blocks of a new stream, for a thread to send: heartbeats until
         superseded, shut down or gone.
 
         The stream registers when it is first iterated, so a response whose body is never
         sent (a HEAD request) neither takes the slot nor ends the active stream.
         """
-        stream = SseStream(self)
+        stream = SseStream(self, client)
         try:
             while True:
                 block, finished = stream.step()
@@ -146,9 +163,9 @@ class SseStream:
     `step()` per heartbeat interval or end, a log line at each end. The thread and the
     coroutine adapters drive it."""
 
-    def __init__(self, manager: SseConnectionManager) -> None:
+    def __init__(self, manager: SseConnectionManager, client: str = "-") -> None:
         self._manager = manager
-        self.connection = manager.register()
+        self.connection = manager.register(client)
         self._started = time.monotonic()
         self._heartbeats = 0
         self._outcome = "client disconnected"
@@ -159,6 +176,9 @@ class SseStream:
         reason = self.connection.end_reason
         if reason is StreamEnd.SUPERSEDED:
             self._outcome = "superseded"
+            return SUPERSEDED_BLOCK, True
+        if reason is StreamEnd.REPLACED:
+            self._outcome = "worker replaced"
             return "", True
         if reason is StreamEnd.SHUTDOWN:
             self._outcome = "sent RpcServerStop"

@@ -67,7 +67,7 @@ def agent_request(environ: WSGIEnvironment, body: bytes) -> AgentRequest:
         signature=environ.get("HTTP_X_SIGNATURE"),
         if_none_match=environ.get("HTTP_IF_NONE_MATCH"),
         body=body,
-        client=environ.get("REMOTE_ADDR") or "-",
+        client=f"{environ.get('REMOTE_ADDR') or '-'}:{environ.get('REMOTE_PORT') or '-'}",
     )
 
 
@@ -93,7 +93,9 @@ class RpcAgentMiddleware(AgentMiddlewareBase["WSGIApplication"]):
         if isinstance(outcome, OpenSse):
             start_response(STATUS_LINES[200], list(outcome.headers))
             return encoded(
-                self.agent.sse_manager.open_stream(self.agent.settings.sse_heartbeat_interval)
+                self.agent.sse_manager.open_stream(
+                    self.agent.settings.sse_heartbeat_interval, outcome.client
+                )
             )
         return self._send(outcome, environ, start_response)
 

@@ -1117,7 +1117,7 @@ async def test_sse_opened_after_shutdown_gets_stop_at_once() -> None:
 
 
 @asgi_test
-async def test_a_second_stream_ends_the_first_without_stop() -> None:
+async def test_a_second_stream_ends_the_first_with_superseded_not_stop() -> None:
     middleware = wrapped(sse_heartbeat_interval=LONG_INTERVAL)
     manager = middleware.agent.sse_manager
     first = request(middleware, SSE)
@@ -1128,7 +1128,7 @@ async def test_a_second_stream_ends_the_first_without_stop() -> None:
     second = request(middleware, SSE)
     await second.first_events(1)
     await first.response(timeout=AT_ONCE_S)
-    assert [name for name, _ in first.events()] == [HEARTBEAT_EVENT]
+    assert first.events() == [(HEARTBEAT_EVENT, '""'), ("superseded", '{"event": "superseded"}')]
     assert first_connection.end_reason is StreamEnd.SUPERSEDED
     assert not second.complete
     second_connection = manager.current
@@ -1138,7 +1138,7 @@ async def test_a_second_stream_ends_the_first_without_stop() -> None:
     in_thread(middleware.agent.begin_shutdown).join(DEADLINE_S)
     await second.response(timeout=AT_ONCE_S)
     assert [name for name, _ in second.events()] == [HEARTBEAT_EVENT, STOP_EVENT]
-    assert [name for name, _ in first.events()] == [HEARTBEAT_EVENT]
+    assert [name for name, _ in first.events()] == [HEARTBEAT_EVENT, "superseded"]
     assert manager.current is None
 
 

@@ -17,13 +17,19 @@ import requests
 
 from rpc_agent import RpcAgent
 from rpc_agent.sse import SseConnection, SseConnectionManager, StreamEnd, format_event
-from rpc_common.sse_protocol import HEARTBEAT_EVENT, STOP_EVENT
+from rpc_common.sse_protocol import (
+    HEARTBEAT_EVENT,
+    STOP_EVENT,
+    SUPERSEDED_EVENT,
+    SUPERSEDED_RETRY_MS,
+)
 from tests.support import LiveServer, agent_app, live_server, signed, wait_until
 
 SSE = "/forest/sse"
 TIMEOUT = (2, 5)
 DEADLINE = 5.0
 STOP_DATA = {"event": "RpcServerStop"}
+SUPERSEDED_DATA = {"event": "superseded"}
 
 
 @dataclass
@@ -172,8 +178,9 @@ def test_new_authenticated_stream_ends_the_previous_one(serve: Callable[..., Ser
             second = EventReader(second_response)
             assert second.read(1)[0].name == HEARTBEAT_EVENT
 
-            rest_of_first = first.read_to_end()
-            assert all(event.name == HEARTBEAT_EVENT for event in rest_of_first)
+            *heartbeats, last = first.read_to_end()
+            assert all(event.name == HEARTBEAT_EVENT for event in heartbeats)
+            assert (last.name, json.loads(last.data)) == (SUPERSEDED_EVENT, SUPERSEDED_DATA)
             assert first_connection.end_reason is StreamEnd.SUPERSEDED
 
             more = second.read(3)
@@ -376,7 +383,9 @@ def test_stream_generator_heartbeats_until_superseded_then_unregisters() -> None
     assert next(stream) == format_event(HEARTBEAT_EVENT, '""')
     assert next(stream) == format_event(HEARTBEAT_EVENT, '""')
     newer = manager.register()
-    assert list(stream) == []
+    assert list(stream) == [
+        format_event(SUPERSEDED_EVENT, json.dumps(SUPERSEDED_DATA), SUPERSEDED_RETRY_MS)
+    ]
     assert manager.current is newer
 
 
@@ -411,3 +420,23 @@ def test_format_event_single_line() -> None:
     name_line, data_line = stop[:-2].split("\n")
     assert name_line == "event: RpcServerStop"
     assert json.loads(data_line.removeprefix("data: ")) == STOP_DATA
+
+
+def test_the_superseded_event_asks_its_client_to_wait_before_reconnecting() -> None:
+    manager = SseConnectionManager()
+    stream = manager.open_stream(heartbeat_interval=30.0)
+    next(stream)
+    manager.register()
+    (block,) = list(stream)
+    assert block == (
+        f'event: {SUPERSEDED_EVENT}\ndata: {{"event": "superseded"}}\nretry: {SUPERSEDED_RETRY_MS}\n\n'
+    )
+
+
+def test_a_stream_of_a_replaced_worker_ends_with_no_last_event() -> None:
+    manager = SseConnectionManager()
+    stream = manager.open_stream(heartbeat_interval=30.0)
+    next(stream)
+    manager.end_current()
+    assert list(stream) == []
+    assert manager.current is None
