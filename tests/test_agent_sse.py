@@ -429,7 +429,9 @@ def test_the_superseded_event_asks_its_client_to_wait_before_reconnecting() -> N
     manager.register()
     (block,) = list(stream)
     assert block == (
-        f'event: {SUPERSEDED_EVENT}\ndata: {{"event": "superseded"}}\nretry: {SUPERSEDED_RETRY_MS}\n\n'
+        f"event: {SUPERSEDED_EVENT}\n"
+        'data: {"event": "superseded"}\n'
+        f"retry: {SUPERSEDED_RETRY_MS}\n\n"
     )
 
 
