@@ -1,22 +1,23 @@
-"""The legacy SSE client (kept for comparison): follows /forest/sse and reconnects with backoff."""
+"""The legacy SSE client (kept for comparison): follows /forest/sse on the shared engine and
+reconnects with backoff."""
 
 from __future__ import annotations
 
+import asyncio
 import codecs
-import contextlib
+import json
 import logging
 import random
-import socket
 import threading
 from collections.abc import Callable
 
-import requests
-from urllib3.exceptions import HTTPError as Urllib3Error
+import aiohttp
 
 from rpc_common.signing import SignatureScheme, signed_headers
-from rpc_common.sse_protocol import HEARTBEAT_EVENT, STOP_EVENT
-from rpc_datasource.callbacks import call_logged
+from rpc_common.sse_protocol import HEARTBEAT_EVENT, STOP_EVENT, SUPERSEDED_EVENT
+from rpc_datasource.callbacks import OrderedCallbacks
 from rpc_datasource.endpoint import request_target
+from rpc_datasource.engine import Engine, Spawned, shared_engine
 from rpc_datasource.sse_parser import SseEvent, SseParser
 from rpc_datasource.timing import jittered, reconnect_backoff
 
@@ -24,25 +25,22 @@ logger = logging.getLogger(__name__)
 
 SILENCE_HEARTBEATS = 3
 BACKOFF_JITTER = 0.2
-
-
-def new_session() -> requests.Session:
-    """A keep-alive session that never reads proxy or netrc settings from the environment."""
-    session = requests.Session()
-    session.trust_env = False
-    return session
-
-
-class SseStreamError(Exception):
-    """The stream could not be opened or was refused."""
+# How much of a refusal's body is read for its reason.
+REFUSAL_BYTES = 4096
+# When a superseded stream's event names no `retry`.
+SUPERSEDED_BACKOFF_S = 30.0
 
 
 class SseClient:
-    """Follows the agent's event stream on one thread; calls `on_rpc_stop` on `RpcServerStop`.
+    """Follows the agent's event stream; calls `on_rpc_stop` on `RpcServerStop`.
 
-    Every (re)connection is signed afresh. Silence longer than three heartbeat intervals
-    counts as a lost connection. Reconnects wait 2, 4, 8, 16, then 30 s (with jitter),
-    and the backoff resets after a heartbeat.
+    It runs as a coroutine on the engine every client shares, so `close()` returns at once
+    whatever the agent does. Every (re)connection is signed afresh; `connect_timeout` bounds
+    the wait for the answer's headers, and silence longer than three heartbeat intervals
+    counts as a lost connection. Reconnects wait 2, 4, 8, 16, then 30 s (with jitter), and the
+    backoff resets after a heartbeat. A stream the agent ends as `superseded` (another master
+    opened one) waits for the event's `retry` (30 s) instead of taking the stream back.
+    Callbacks run in order, off the event loop.
     """
 
     def __init__(
@@ -74,129 +72,125 @@ class SseClient:
         self._secret = auth_secret
         self._scheme: SignatureScheme = signature_scheme
         self._rng = rng or random.Random()
-        self._session = new_session()
         self._lock = threading.Lock()
-        self._wake = threading.Event()
         self._closed = False
-        self._thread: threading.Thread | None = None
-        self._response: requests.Response | None = None
+        self._engine: Engine | None = None
+        self._spawned: Spawned | None = None
+        self._callbacks = OrderedCallbacks(logger, url)
         self._failures_in_a_row = 0
+        self._superseded_retry_s: float | None = None
+        self._superseded_in_a_row = 0
 
     @property
     def closed(self) -> bool:
         return self._closed
 
     def start(self) -> None:
-        """Start following the stream on a background thread (idempotent; not after close)."""
+        """Start following the stream (idempotent; not after close)."""
         with self._lock:
-            if self._closed or self._thread is not None:
+            if self._closed or self._engine is not None:
                 return
-            self._thread = threading.Thread(target=self._run, name="rpc-sse-client", daemon=True)
-            self._thread.start()
+            self._engine = shared_engine.acquire()
+            self._spawned = self._engine.spawn(self._run(self._engine))
 
     def close(self) -> None:
-        """Stop at once: interrupt the open stream and join the thread (idempotent)."""
+        """Stop at once: cancel the stream or the backoff in progress (idempotent)."""
         with self._lock:
             if self._closed:
                 return
-            logger.debug("closing SSE client for %s", self.url)
             self._closed = True
-            thread, response = self._thread, self._response
-        self._wake.set()
-        if response is not None:
-            _interrupt(response)
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
-        self._session.close()
+            engine, spawned = self._engine, self._spawned
+        self._callbacks.close()
+        if spawned is not None:
+            spawned.cancel()
+        if engine is not None:
+            shared_engine.release()
         logger.debug("SSE client for %s closed", self.url)
 
-    def _run(self) -> None:
-        while not self._closed:
-            try:
-                self._follow_stream()
-            except Exception as error:
-                # After close() the interrupted read may fail in any way: that is the end.
-                if self._closed:
-                    return
-                self._log_stream_error(error)
-            if self._closed:
-                return
-            self._failures_in_a_row += 1
-            delay = jittered(reconnect_backoff(self._failures_in_a_row), BACKOFF_JITTER, self._rng)
+    async def _run(self, engine: Engine) -> None:
+        while True:
+            self._superseded_retry_s = None
+            await self._follow_stream(engine)
+            if self._superseded_retry_s is not None:
+                delay = jittered(self._superseded_retry_s, BACKOFF_JITTER, self._rng)
+            else:
+                self._superseded_in_a_row = 0
+                self._failures_in_a_row += 1
+                delay = jittered(
+                    reconnect_backoff(self._failures_in_a_row), BACKOFF_JITTER, self._rng
+                )
             logger.info("reconnecting to %s in %.1f s", self.url, delay)
-            self._wake.wait(delay)
+            await asyncio.sleep(delay)
 
-    def _follow_stream(self) -> None:
+    async def _follow_stream(self, engine: Engine) -> None:
         self.connection_attempts += 1
         logger.info("connecting to %s (attempt %d)", self.url, self.connection_attempts)
         headers = signed_headers(self._secret, target=request_target(self.url), scheme=self._scheme)
         headers["Accept"] = "text/event-stream"
-        response = self._session.get(
-            self.url,
-            headers=headers,
-            stream=True,
-            timeout=(self.connect_timeout, self.silence_timeout),
-        )
-        with self._lock:
-            if self._closed:
-                response.close()
-                return
-            self._response = response
         try:
-            if response.status_code != 200:
-                raise SseStreamError(f"HTTP {response.status_code}")
-            logger.info("connected to %s", self.url)
-            self._read_events(response)
-            logger.info("stream from %s ended", self.url)
-        finally:
-            with self._lock:
-                self._response = None
-            response.close()
+            async with asyncio.timeout(self.connect_timeout):
+                response = await engine.session.get(
+                    self.url, headers=headers, allow_redirects=False
+                )
+            async with response:
+                if response.status != 200:
+                    await self._log_refusal(response)
+                    return
+                logger.info("connected to %s", self.url)
+                await self._read_events(response, engine)
+        except TimeoutError:
+            logger.info("SSE stream %s: no answer or no event in time", self.url)
+        except (aiohttp.ClientError, OSError) as error:
+            logger.info("SSE connection to %s lost: %s", self.url, error or type(error).__name__)
+        except Exception:
+            logger.warning("SSE stream %s failed; reconnecting", self.url, exc_info=True)
 
-    def _read_events(self, response: requests.Response) -> None:
+    async def _read_events(self, response: aiohttp.ClientResponse, engine: Engine) -> None:
         parser = SseParser()
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        for chunk in response.iter_content(chunk_size=None):
-            for event in parser.feed(decoder.decode(chunk)):
-                self._handle(event)
-            if self._closed:
+        while True:
+            async with asyncio.timeout(self.silence_timeout):
+                chunk = await response.content.readany()
+            if not chunk:
+                logger.info("stream from %s ended", self.url)
                 return
+            for event in parser.feed(decoder.decode(chunk)):
+                self._handle(event, parser, engine)
 
-    def _handle(self, event: SseEvent) -> None:
+    async def _log_refusal(self, response: aiohttp.ClientResponse) -> None:
+        reason = ""
+        try:
+            body = json.loads(await response.content.read(REFUSAL_BYTES))
+            reason = f" ({body['reason']})" if isinstance(body, dict) and "reason" in body else ""
+        except (ValueError, TypeError, aiohttp.ClientError, OSError):
+            pass
+        level = logging.WARNING if response.status == 401 else logging.INFO
+        logger.log(level, "SSE stream %s refused: HTTP %d%s", self.url, response.status, reason)
+
+    def _handle(self, event: SseEvent, parser: SseParser, engine: Engine) -> None:
         if event.event == HEARTBEAT_EVENT:
             self._failures_in_a_row = 0
         elif event.event == STOP_EVENT:
             logger.warning("%s announced RpcServerStop", self.url)
-            call_logged(logger, f"on_rpc_stop callback for {self.url}", self.on_rpc_stop)
+            self._submit(engine, "on_rpc_stop", self.on_rpc_stop)
+        elif event.event == SUPERSEDED_EVENT:
+            retry_ms = parser.retry_ms
+            self._superseded_retry_s = (
+                retry_ms / 1000 if retry_ms is not None else SUPERSEDED_BACKOFF_S
+            )
+            self._superseded_in_a_row += 1
+            if self._superseded_in_a_row == 1:
+                logger.warning(
+                    "%s ended this stream: another master opened one (the agent keeps one, and "
+                    "logs who); waiting %.0f s before reconnecting instead of taking it back",
+                    self.url,
+                    self._superseded_retry_s,
+                )
         else:
             logger.debug("ignoring SSE event %r from %s", event.event, self.url)
-        call_logged(logger, f"on_event callback for {self.url}", self.on_event, event)
+        self._submit(engine, "on_event", self.on_event, event)
 
-    def _log_stream_error(self, error: BaseException) -> None:
-        if isinstance(error, SseStreamError):
-            logger.debug("SSE stream %s refused: %s", self.url, error)
-        elif isinstance(error, requests.ConnectionError | Urllib3Error | OSError):
-            logger.debug("SSE connection to %s lost: %s", self.url, error)
-        else:
-            logger.warning("SSE stream %s failed", self.url, exc_info=error)
-
-
-def _socket_of(response: requests.Response) -> socket.socket | None:
-    """The socket a streaming response reads from.
-
-    A keep-alive stream's socket hangs off urllib3's connection; after `Connection: close`,
-    http.client hands it to the response object instead (its file's raw `SocketIO`).
-    """
-    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
-    if sock is None:
-        socket_io = getattr(getattr(getattr(response.raw, "_fp", None), "fp", None), "raw", None)
-        sock = getattr(socket_io, "_sock", None)
-    return sock if isinstance(sock, socket.socket) else None
-
-
-def _interrupt(response: requests.Response) -> None:
-    """Shut the response's socket down so a read blocked in another thread returns now."""
-    sock = _socket_of(response)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+    def _submit(
+        self, engine: Engine, what: str, callback: Callable[..., object] | None, *args: object
+    ) -> None:
+        self._callbacks.submit(engine.callback_executor, what, callback, *args)

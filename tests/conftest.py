@@ -24,7 +24,7 @@ def _no_forest_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(autouse=True)
 def _no_library_thread_left() -> Iterator[None]:
     """Every client and datasource is closed by the end of its test: none of the library's
-    threads (rpc-health*, rpc-sse*) survives it."""
+    threads (rpc-health*, rpc-callback*) survives it."""
     yield
     assert wait_until(lambda: not library_threads(), 5.0), (
         f"library threads still alive: {library_threads()}"

@@ -27,7 +27,7 @@ OTHER_SECRET = "another-test-only-secret-not-for-production-99"
 HEALTH_PATH = "/forest/health"
 
 # Names of the threads the datasource side starts (engine, resolver, callbacks, SSE client).
-LIBRARY_THREAD_PREFIXES = ("rpc-health", "rpc-callback", "rpc-sse")
+LIBRARY_THREAD_PREFIXES = ("rpc-health", "rpc-callback")
 POLL_S = 0.01
 
 
@@ -57,7 +57,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 def library_threads(*prefixes: str) -> list[str]:
     """Names of the live threads whose name starts with one of `prefixes`
-    (by default every thread the library starts: rpc-health*, rpc-callback*, rpc-sse*)."""
+    (by default every thread the library starts: rpc-health*, rpc-callback*)."""
     wanted = prefixes or LIBRARY_THREAD_PREFIXES
     return [t.name for t in threading.enumerate() if t.name.startswith(wanted) and t.is_alive()]
 

@@ -20,6 +20,7 @@ from rpc_datasource.sse_parser import SseEvent
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
+from tests.scripted_server import Answer, scripted_server
 from tests.support import (
     OTHER_SECRET,
     TEST_SECRET,
@@ -271,7 +272,7 @@ def test_unauthorized_client_keeps_retrying_and_close_interrupts_the_backoff(
         client.close()
         elapsed = time.monotonic() - started
         assert elapsed < 0.5, f"close() took {elapsed:.2f} s during the backoff"
-        assert not library_threads("rpc-sse")
+        assert not library_threads()
         assert len(arrivals) == 2
     finally:
         server.stop()
@@ -293,7 +294,7 @@ def test_close_with_the_stream_open_is_prompt_and_idempotent(
     client.close()
     elapsed = time.monotonic() - started
 
-    assert not library_threads("rpc-sse")
+    assert wait_until(lambda: not library_threads(), DEADLINE)
     assert client.closed
     client.close()
     assert client.closed
@@ -318,21 +319,21 @@ def test_close_while_heartbeats_flow_ends_the_thread_cleanly(
     client.close()
 
     # close() joined the thread: had it died of an exception, the hook has seen it by now.
-    assert not library_threads("rpc-sse")
+    assert wait_until(lambda: not library_threads(), DEADLINE)
     assert crashes == []
 
 
 def test_start_is_idempotent(agents: Agents, open_client: OpenClient) -> None:
     agents.start()
     client, recorder = open_client(agents.url, start=False)
-    assert not library_threads("rpc-sse")
+    assert wait_until(lambda: not library_threads(), DEADLINE)
 
     client.start()
     client.start()
     assert recorder.heartbeat.wait(DEADLINE)
     client.start()
 
-    assert len(library_threads("rpc-sse")) == 1
+    assert len(library_threads("rpc-health-engine")) == 1
     assert client.connection_attempts == 1
 
 
@@ -344,7 +345,7 @@ def test_start_after_close_does_nothing(agents: Agents, open_client: OpenClient)
     client.start()
 
     assert client.closed
-    assert not library_threads("rpc-sse")
+    assert wait_until(lambda: not library_threads(), DEADLINE)
     assert client.connection_attempts == 0
     assert recorder.events == []
     assert agent.sse_manager.current is None
@@ -379,7 +380,7 @@ def test_raising_on_rpc_stop_is_logged_and_the_client_keeps_running(
     assert client.connection_attempts >= 2
     raised = [r for r in caplog.records if r.exc_info and r.exc_info[0] is RuntimeError]
     assert raised, "the callback's exception was not logged"
-    assert library_threads("rpc-sse") == ["rpc-sse-client"]
+    assert library_threads("rpc-health-engine") == ["rpc-health-engine"]
 
 
 def test_raising_on_event_is_logged_and_events_keep_coming(
@@ -421,3 +422,67 @@ def test_out_of_range_arguments_are_refused(argument: str, options: dict[str, An
 
     with pytest.raises(ValueError, match=argument):
         SseClient(**arguments)
+
+
+# --- hostile agents, refusals and the fight of two masters --------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [Answer.never(), Answer(200, b'event: heartbeat\ndata: ""\n\n').drip_head(0.3)],
+    ids=["never-answers", "drips-its-headers"],
+)
+def test_close_returns_at_once_whatever_the_agent_does(
+    open_client: OpenClient, answer: Answer
+) -> None:
+    with scripted_server() as server:
+        server.script(answer)
+        client, _ = open_client(f"{server.url}{SSE_ROUTE}", connect_timeout=30.0)
+        assert server.wait_for_requests(1)
+        started = time.monotonic()
+        client.close()
+        took = time.monotonic() - started
+        server.release()
+    assert took < 1.0, f"close() took {took:.2f} s"
+    assert wait_until(lambda: not library_threads(), DEADLINE)
+
+
+def test_a_refusal_is_named_at_warning_with_the_agents_reason(
+    agents: Agents, open_client: OpenClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    agents.start()
+    with caplog.at_level(logging.INFO, logger="rpc_datasource.sse_client"):
+        client, _ = open_client(agents.url, OTHER_SECRET)
+        assert wait_until(lambda: client.connection_attempts >= 1 and refusals(caplog) >= 1)
+    (line,) = [r for r in client_records(caplog) if "refused" in r.getMessage()][:1]
+    assert line.levelno == logging.WARNING
+    assert "HTTP 401 (bad_signature)" in line.getMessage()
+
+
+def client_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.name == "rpc_datasource.sse_client"]
+
+
+def refusals(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("refused" in record.getMessage() for record in client_records(caplog))
+
+
+def test_a_superseded_client_waits_for_the_agents_retry_instead_of_taking_the_stream_back(
+    agents: Agents, open_client: OpenClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent = agents.start()
+    with caplog.at_level(logging.WARNING, logger="rpc_datasource.sse_client"):
+        first, first_events = open_client(agents.url)
+        assert first_events.heartbeat.wait(DEADLINE)
+        second, second_events = open_client(agents.url)
+        assert second_events.heartbeat.wait(DEADLINE)
+        assert wait_until(lambda: "superseded" in first_events.names())
+        # The second master keeps the stream: the first waits (30 s) rather than reconnect.
+        beats = second_events.heartbeats()
+        assert wait_until(lambda: second_events.heartbeats() >= beats + 5)
+    assert first.connection_attempts == 1
+    assert second.connection_attempts == 1
+    current = agent.sse_manager.current
+    assert current is not None and current.active
+    warnings = [r.getMessage() for r in caplog.records if "another master" in r.getMessage()]
+    assert len(warnings) == 1, warnings
