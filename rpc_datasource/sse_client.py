@@ -27,8 +27,10 @@ SILENCE_HEARTBEATS = 3
 BACKOFF_JITTER = 0.2
 # How much of a refusal's body is read for its reason.
 REFUSAL_BYTES = 4096
-# When a superseded stream's event names no `retry`.
+# When a superseded stream's event names no `retry`; each supersede in a row doubles the
+# wait, up to the cap, so that two masters on one agent soon stop taking turns.
 SUPERSEDED_BACKOFF_S = 30.0
+SUPERSEDED_BACKOFF_CAP_S = 600.0
 
 
 class SseClient:
@@ -39,7 +41,8 @@ class SseClient:
     the wait for the answer's headers, and silence longer than three heartbeat intervals
     counts as a lost connection. Reconnects wait 2, 4, 8, 16, then 30 s (with jitter), and the
     backoff resets after a heartbeat. A stream the agent ends as `superseded` (another master
-    opened one) waits for the event's `retry` (30 s) instead of taking the stream back.
+    opened one) waits for the event's `retry` (30 s), doubled at each supersede in a row up to
+    10 minutes, instead of taking the stream back at once.
     Callbacks run in order, off the event loop.
     """
 
@@ -112,7 +115,8 @@ class SseClient:
             self._superseded_retry_s = None
             await self._follow_stream(engine)
             if self._superseded_retry_s is not None:
-                delay = jittered(self._superseded_retry_s, BACKOFF_JITTER, self._rng)
+                doubled = self._superseded_retry_s * 2.0 ** min(self._superseded_in_a_row - 1, 16)
+                delay = jittered(min(doubled, SUPERSEDED_BACKOFF_CAP_S), BACKOFF_JITTER, self._rng)
             else:
                 self._superseded_in_a_row = 0
                 self._failures_in_a_row += 1
