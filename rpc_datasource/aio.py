@@ -128,3 +128,12 @@ class AsyncHealthCheckClient(WatchedAgent):
                     await asyncio.to_thread(callback)
             except Exception:
                 logger.exception("%s callback for %s raised; carrying on", what, self.url)
+            except (SystemExit, KeyboardInterrupt) as error:
+                # On the application's own loop these mean "stop": logged, then let through.
+                logger.error(
+                    "%s callback for %s raised %s: passing it on to the application",
+                    what,
+                    self.url,
+                    type(error).__name__,
+                )
+                raise

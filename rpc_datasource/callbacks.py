@@ -12,13 +12,25 @@ from concurrent.futures import Executor
 def call_logged(
     logger: logging.Logger, what: str, callback: Callable[..., object] | None, *args: object
 ) -> bool:
-    """Call `callback(*args)` if there is one; False, with the traceback logged, if it raised."""
+    """Call `callback(*args)` if there is one; False, with the traceback logged, if it raised.
+
+    `SystemExit` and `KeyboardInterrupt` are contained too (logged at ERROR): raised on one of
+    the library's worker threads, they could not stop the process, only the callbacks.
+    """
     if callback is None:
         return True
     try:
         callback(*args)
     except Exception:
         logger.exception("%s raised; carrying on", what)
+        return False
+    except (SystemExit, KeyboardInterrupt) as error:
+        logger.error(
+            "%s raised %s on a worker thread: contained, carrying on",
+            what,
+            type(error).__name__,
+            exc_info=True,
+        )
         return False
     return True
 

@@ -75,3 +75,11 @@ def deliver(event: ProbeEvent, hooks: Iterable[ProbeHook]) -> None:
                 hook(event)
             except Exception:
                 logger.exception("probe hook %r raised on %s; carrying on", hook, event.client)
+            except (SystemExit, KeyboardInterrupt) as error:
+                logger.error(
+                    "probe hook %r raised %s on %s: contained, carrying on",
+                    hook,
+                    type(error).__name__,
+                    event.client,
+                    exc_info=True,
+                )

@@ -479,14 +479,16 @@ def test_timeout_is_a_failure_and_stop_returns_within_about_timeout(
 # --- callbacks -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("raised", [RuntimeError, SystemExit, KeyboardInterrupt])
 def test_a_raising_callback_is_logged_and_polling_goes_on(
     make_client: Callable[..., HealthCheckClient],
     caplog: pytest.LogCaptureFixture,
+    raised: type[BaseException],
 ) -> None:
     caplog.set_level(logging.ERROR, logger=CLIENT_LOGGER)
 
     def explode() -> None:
-        raise RuntimeError("callback exploded on purpose")
+        raise raised("callback exploded on purpose")
 
     down = Counter(explode)
     recovered = Counter()
@@ -510,16 +512,16 @@ def test_a_raising_callback_is_logged_and_polling_goes_on(
         client.stop()
 
     assert (down.calls, recovered.calls) == (1, 1)
-    raised = [
+    logged = [
         record
         for record in caplog.records
         if record.name == CLIENT_LOGGER and record.exc_info is not None
     ]
-    assert raised, "the callback's exception was not logged"
-    exc_type, exc, _ = raised[0].exc_info  # type: ignore[misc]
-    assert exc_type is RuntimeError
+    assert logged, "the callback's exception was not logged"
+    exc_type, exc, _ = logged[0].exc_info  # type: ignore[misc]
+    assert exc_type is raised
     assert "callback exploded on purpose" in str(exc)
-    assert "on_server_down" in raised[0].getMessage()
+    assert "on_server_down" in logged[0].getMessage()
     assert "callback exploded on purpose" in caplog.text  # the traceback is in the output
 
 
