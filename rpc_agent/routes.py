@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl
 
 from rpc_agent.core import AgentCore, HealthState
 from rpc_agent.health_watch import BadWait, parse_wait
+from rpc_agent.log_limit import LogRateLimiter
 from rpc_agent.schema import SchemaProvider
 from rpc_agent.settings import AgentSettings
 from rpc_common.signing import verify_request
@@ -120,6 +121,8 @@ class AgentRoutes:
         self.agent = agent
         prefix = agent.settings.url_prefix
         self._paths = {prefix + route.value: route for route in Route}
+        # Anyone can send unsigned requests: their lines must not flood the log.
+        self._refusals_logged = LogRateLimiter(burst=10, per_second=1.0)
 
     def match(self, path: str) -> Route | None:
         """The agent's route at `path`, or None for a path the wrapped app serves."""
@@ -140,13 +143,16 @@ class AgentRoutes:
         )
         if failure is None:
             return None
-        logger.warning(
-            "refused %s %s from %s: %s",
-            request.method,
-            request.target.partition("?")[0],
-            request.client,
-            failure,
-        )
+        dropped = self._refusals_logged.admit()
+        if dropped is not None:
+            logger.warning(
+                "refused %s %.200r from %s: %s%s",
+                request.method,
+                request.target.partition("?")[0],
+                request.client,
+                failure,
+                f" ({dropped} more refused requests not logged)" if dropped else "",
+            )
         return json_reply(401, {"error": "Unauthorized", "reason": str(failure)})
 
     def handle(self, route: Route, request: AgentRequest) -> Reply | HoldHealth | OpenSse:
