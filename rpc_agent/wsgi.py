@@ -38,7 +38,9 @@ def request_target(environ: WSGIEnvironment) -> str:
     """The request target as the client sent it: path and query."""
     raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     if raw:
-        return str(raw)
+        path, mark, query = str(raw).partition("?")
+        # An empty query is no query, as in ASGI's scope and the clients' signed target.
+        return f"{path}{mark}{query}" if query else path
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
     path = quote(path, safe="/;=,~!$&'()*+:@")
     query = environ.get("QUERY_STRING", "")
