@@ -160,3 +160,11 @@ def test_a_threaded_server_holds_a_watch_until_shutdown(
     watcher.join(5)
     assert [answer.status_code for answer in answers] == [503]
     assert requests.get(url + "/products", timeout=5).text == "GET /products "
+
+
+def test_a_bare_question_mark_is_no_query(client: Client) -> None:
+    # As in ASGI's scope and the clients' signed target: `/forest/health?` is `/forest/health`.
+    response = client.get(
+        HEALTH, headers=signed(HEALTH), environ_overrides={"RAW_URI": HEALTH + "?"}
+    )
+    assert response.status_code == 200
