@@ -121,9 +121,12 @@ class RpcDatasource:
         }
         given = {name: value for name, value in overrides.items() if value is not None}
         if settings is not None:
-            settings = settings.model_copy(update=given)
-        else:
-            settings = load_datasource_settings(**given)
+            # Validated again with the arguments, as if given to the constructor.
+            given = {
+                **{name: getattr(settings, name) for name in type(settings).model_fields},
+                **given,
+            }
+        settings = load_datasource_settings(**given)
         return cls(
             settings,
             on_schema_change=on_schema_change,

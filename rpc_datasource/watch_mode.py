@@ -3,8 +3,10 @@
 In watch mode a client keeps one held request (`GET /health?wait=S` with `If-None-Match`)
 open while the agent is up, and sends the next one as soon as an answer comes. An answer
 that comes back early with nothing changed means the agent did not hold it (an agent
-without watch support, or over its watcher bound): the client then asks at
-`polling_interval` instead, still as a watch, until the agent holds again.
+without watch support, or over its watcher bound): the client then polls with plain probes
+at `polling_interval`, and every `WATCH_RETRY_EVERY` successful probes tries a watch again,
+sent right after the success, until the agent holds again. So a freeze is caught within the
+polling bound between probes, and within the held bound during a retried watch.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 # A held answer with no change comes at the end of the wait; one this early was not held.
 EARLY_ANSWER_S = 0.5
+# While the agent does not hold: plain probes, and a watch again after this many successes.
+WATCH_RETRY_EVERY = 10
 
 
 @dataclass(frozen=True)
@@ -45,11 +49,16 @@ class WatchTracker:
         self._rng = rng or random.Random()
         self.health_etag: str | None = None
         self.not_holding = False
+        self._plain_successes = 0
 
     def next_request(self, agent_up: bool) -> ProbeRequest:
-        """A watch while the agent is up and its state's ETag is known; else a plain probe."""
+        """A watch while the agent is up, holds watches (or is due a retry) and its state's
+        ETag is known; else a plain probe."""
         if self.policy.mode != "watch" or not agent_up or self.health_etag is None:
             return PLAIN
+        if self.not_holding and self._plain_successes < WATCH_RETRY_EVERY:
+            return PLAIN
+        self._plain_successes = 0
         wait = self.policy.held_wait(self._rng)
         return ProbeRequest(wait=wait, if_none_match=self.health_etag)
 
@@ -66,6 +75,10 @@ class WatchTracker:
         if health_etag is None:
             self._stop_holding("gives no health ETag")
             return None
+        if not request.held and self.not_holding:
+            self._plain_successes += 1
+            # The retried watch goes right after a success, so the held bound covers it.
+            return 0.0 if self._plain_successes >= WATCH_RETRY_EVERY else None
         early = took_s < min(EARLY_ANSWER_S, 0.5 * (request.wait or 0.0))
         if request.held and health_etag == request.if_none_match and early:
             self._stop_holding("answered a watch at once with nothing changed")
@@ -79,9 +92,12 @@ class WatchTracker:
         if self.not_holding:
             return
         self.not_holding = True
+        self._plain_successes = 0
         logger.info(
-            "%s %s (no watch support, or over its watcher bound): polling every %g s",
+            "%s %s (no watch support, or over its watcher bound): polling every %g s, "
+            "trying a watch again every %d probes",
             self.name,
             why,
             self.policy.polling_interval,
+            WATCH_RETRY_EVERY,
         )

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, jsonify
+from pytest import MonkeyPatch
 from werkzeug.serving import BaseWSGIServer, make_server
 
 if TYPE_CHECKING:
@@ -155,3 +156,22 @@ def live_server(app: Flask, port: int = 0) -> Iterator[LiveServer]:
         yield running
     finally:
         running.stop()
+
+
+@contextmanager
+def unresolvable_name(monkeypatch: MonkeyPatch) -> Iterator[str]:
+    """`agent.invalid` (RFC 6761: never resolves), answered "no such name" by a stand-in for
+    `socket.getaddrinfo` (what aiohttp's threaded resolver calls), so that no query leaves."""
+    real_getaddrinfo = socket.getaddrinfo
+    looked_up: list[str] = []
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        if name.rstrip(".").endswith(".invalid"):
+            looked_up.append(name)
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield f"agent.invalid:{free_port()}"
+    assert looked_up, "the client never asked the stand-in resolver"

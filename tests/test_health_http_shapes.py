@@ -25,7 +25,14 @@ from rpc_datasource.health_state import FailureReason, ProbeKind, ProbeResult
 from rpc_datasource.http import AgentRequestError, AgentResponse, signed_get
 from rpc_datasource.probe import probe_health
 from tests.scripted_server import Answer, Received, ScriptedServer, scripted_server
-from tests.support import HEALTH_PATH, OTHER_SECRET, TEST_SECRET, free_port, library_threads
+from tests.support import (
+    HEALTH_PATH,
+    OTHER_SECRET,
+    TEST_SECRET,
+    free_port,
+    library_threads,
+    unresolvable_name,
+)
 
 HEALTH_BODY: dict[str, Any] = {
     "status": "ok",
@@ -311,9 +318,9 @@ def test_a_connection_cut_mid_body_is_a_failure(server: ScriptedServer, health_u
     assert result.cause.startswith("connection failed")
 
 
-def test_a_name_that_does_not_resolve_is_a_dns_failure() -> None:
-    # `.invalid` is reserved (RFC 2606): no resolver may answer it with an address.
-    result = probe("http://agent.invalid:5001/forest/health", timeout=5.0)
+def test_a_name_that_does_not_resolve_is_a_dns_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    with unresolvable_name(monkeypatch) as where:
+        result = probe(f"http://{where}/forest/health", timeout=5.0)
     assert_failed(result, FailureReason.DNS)
     assert "name lookup failed" in result.cause
 

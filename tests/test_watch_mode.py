@@ -13,7 +13,7 @@ from rpc_datasource.events import ProbeEvent
 from rpc_datasource.health_state import FailureReason, HealthState, ProbeResult
 from rpc_datasource.policy import ProbePolicy
 from rpc_datasource.probe import ProbeOutcome
-from rpc_datasource.watch_mode import PLAIN, ProbeRequest, WatchTracker
+from rpc_datasource.watch_mode import PLAIN, WATCH_RETRY_EVERY, ProbeRequest, WatchTracker
 from rpc_datasource.watcher import HealthWatcher
 from tests.fake_clock import FakeClock
 
@@ -66,17 +66,32 @@ def test_an_early_unchanged_answer_falls_back_to_polling_logged_once(
     caplog.set_level(logging.INFO, logger="rpc_datasource.watch_mode")
     tracker = WatchTracker(WATCH, "agent")
     tracker.delay_after(PLAIN, True, '"h1"', 0.01)
-    for _ in range(5):
-        held = tracker.next_request(agent_up=True)
-        assert held.held  # still asked as a watch, so holding can resume
-        assert tracker.delay_after(held, True, '"h1"', 0.002) is None
+    held = tracker.next_request(agent_up=True)
+    assert held.held
+    assert tracker.delay_after(held, True, '"h1"', 0.002) is None  # not held: fall back
     assert tracker.not_holding
+    for _ in range(3):
+        # Plain probes at the polling interval (each bounded by `timeout`, not wait + timeout),
+        # and a watch again every WATCH_RETRY_EVERY successes, sent right after the success.
+        for _ in range(WATCH_RETRY_EVERY - 1):
+            assert tracker.next_request(agent_up=True) == PLAIN
+            assert tracker.delay_after(PLAIN, True, '"h1"', 0.01) is None
+        assert tracker.next_request(agent_up=True) == PLAIN
+        assert tracker.delay_after(PLAIN, True, '"h1"', 0.01) == 0.0
+        retry = tracker.next_request(agent_up=True)
+        assert retry.held
+        assert tracker.delay_after(retry, True, '"h1"', 0.002) is None  # still not holding
     assert sum("polling every 10 s" in record.getMessage() for record in caplog.records) == 1
 
-    held = tracker.next_request(agent_up=True)
-    assert tracker.delay_after(held, True, '"h1"', 25.0) == 0.0  # held again
+    for _ in range(WATCH_RETRY_EVERY):
+        tracker.next_request(agent_up=True)
+        tracker.delay_after(PLAIN, True, '"h1"', 0.01)
+    retry = tracker.next_request(agent_up=True)
+    assert retry.held
+    assert tracker.delay_after(retry, True, '"h1"', 25.0) == 0.0  # held again
     assert not tracker.not_holding
     assert "holds watches again" in caplog.text
+    assert tracker.next_request(agent_up=True).held
 
 
 def test_an_agent_without_a_health_etag_is_polled() -> None:
