@@ -1,17 +1,28 @@
-"""Run a WSGI app on cheroot until SIGTERM/SIGINT: the project's production runner, with a
-hook (the agent's shutdown) and a short drain before stopping."""
+"""The project's runner: serve a WSGI app, with its agent in front, on uvicorn until
+SIGTERM/SIGINT.
+
+The agent's routes are answered by the ASGI middleware on uvicorn's event loop, and the app's
+own routes by the WSGI app on a2wsgi's thread pool. A connection costs no thread until a whole
+request has arrived, so idle or slowly trickling connections (slowloris), however many, can't
+starve the agent or the app; held watches and SSE streams are coroutines. On the stop signal
+the agent's shutdown begins at once (health 503, held watches and the SSE stream answered),
+the server keeps serving for `shutdown_drain_seconds`, then stops, and the process exits 0.
+"""
 
 from __future__ import annotations
 
 import logging
 import signal
-import threading
-from collections.abc import Callable
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from cheroot import wsgi
+import uvicorn
+from a2wsgi import WSGIMiddleware
 
+from rpc_agent.asgi import ASGIApp, RpcAgentMiddleware
 from rpc_agent.core import AgentCore
 
 if TYPE_CHECKING:
@@ -19,14 +30,44 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Threads for the application's own traffic, on top of one per watch the agent may hold.
-TRAFFIC_THREADS = 16
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+LISTEN_BACKLOG = 2048
+# Threads for the app's own (WSGI) requests; the agent's routes need none.
+APP_THREADS = 16
+# Once stopping, how long open requests of the app may still take.
+GRACEFUL_STOP_S = 5
+# Idle keep-alive connections are closed after this; above the datasource's own 8 s, so the
+# client, not the server, closes an idle pooled connection.
+KEEP_ALIVE_S = 15
 
-STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
-# cheroot's defaults (a listen backlog of 5, 10 idle keep-alive connections) make a polled
-# agent refuse connections and re-handshake nearly every probe once many clients watch it.
-LISTEN_BACKLOG = 128
-IDLE_KEEP_ALIVE_CONNECTIONS = 1024
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to `host`:`port` (0: any free port) and listening; `OSError` if taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def _ignore(_signum: int, _frame: FrameType | None) -> None:
+    """uvicorn raises the stop signal again once it has stopped gracefully: exit normally."""
+
+
+@contextmanager
+def _signals_end_quietly() -> Iterator[None]:
+    previous = {signum: signal.signal(signum, _ignore) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def serve_until_signalled(
@@ -34,69 +75,41 @@ def serve_until_signalled(
     host: str,
     port: int,
     *,
-    threads: int = 16,
-    on_stop_signal: Callable[[], None] | None = None,
+    agent: AgentCore | None = None,
     drain_seconds: float = 1.0,
-    on_ready: Callable[[str, int], None] | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT; then call `on_stop_signal`, keep serving for
-    `drain_seconds` (so that pollers see the shutdown), and stop, joining the threads."""
-    stop_requested = threading.Event()
-
-    def request_stop(signum: int, _frame: FrameType | None) -> None:
-        logger.info("received %s", signal.Signals(signum).name)
-        stop_requested.set()
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
-    server = wsgi.Server(
-        (host, port),
-        app,
-        numthreads=threads,
-        request_queue_size=LISTEN_BACKLOG,
+    """Serve `app` (with `agent` answering its routes in front, if given) until SIGTERM or
+    SIGINT; with an agent, its shutdown begins at the signal and the server drains for
+    `drain_seconds`. `OSError` when the port can't be bound."""
+    sock = listening_socket(host, port)
+    wsgi_on_threads: ASGIApp = WSGIMiddleware(app, workers=APP_THREADS)  # type: ignore[arg-type,assignment]
+    asgi_app = (
+        RpcAgentMiddleware(wsgi_on_threads, agent=agent) if agent is not None else wsgi_on_threads
     )
-    server.keep_alive_conn_limit = IDLE_KEEP_ALIVE_CONNECTIONS
+    config = uvicorn.Config(
+        asgi_app,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=GRACEFUL_STOP_S,
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )
+    server = uvicorn.Server(config)
+    bound_host, bound_port = sock.getsockname()[:2]
+    logger.info("serving on http://%s:%d", bound_host, bound_port)
     try:
-        # The server's threads inherit a mask that blocks the stop signals, so they reach
-        # the main thread, whose wait they interrupt at once.
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        try:
-            server.prepare()
-            serving = threading.Thread(target=server.serve, name="wsgi-server")
-            serving.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        bound_host, bound_port = server.bind_addr[:2]
-        logger.info("serving on http://%s:%d", bound_host, bound_port)
-        if on_ready is not None:
-            on_ready(bound_host, bound_port)
-        while not stop_requested.wait(1.0):
-            pass
-        if on_stop_signal is not None:
-            on_stop_signal()
-        threading.Event().wait(drain_seconds)
-        server.stop()
-        serving.join()
-        logger.info("stopped")
+        with _signals_end_quietly():
+            server.run(sockets=[sock])
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        sock.close()
+    logger.info("stopped")
 
 
 def serve_agent_until_signalled(
     app: WSGIApplication, agent: AgentCore, host: str, port: int
 ) -> None:
-    """Serve on cheroot; a stop signal begins the agent's shutdown (health 503, held watches
-    and the SSE stream answered at once), then the server drains for
-    `shutdown_drain_seconds` before it stops.
-
-    A held watch holds a server thread, so the pool has one thread per watch the agent may
-    hold (`health_max_watchers`) besides its `TRAFFIC_THREADS`: watchers never take them.
-    """
+    """Serve a WSGI app and its agent (see `serve_until_signalled`), draining for the agent's
+    `shutdown_drain_seconds` after the stop signal."""
     serve_until_signalled(
-        app,
-        host,
-        port,
-        threads=TRAFFIC_THREADS + agent.settings.health_max_watchers,
-        on_stop_signal=agent.begin_shutdown,
-        drain_seconds=agent.settings.shutdown_drain_seconds,
+        app, host, port, agent=agent, drain_seconds=agent.settings.shutdown_drain_seconds
     )

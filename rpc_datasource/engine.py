@@ -23,7 +23,8 @@ RESOLVER_THREAD_PREFIX = "rpc-health-resolver"
 CALLBACK_THREAD_PREFIX = "rpc-callback"
 RESOLVER_THREADS = 2
 CALLBACK_THREADS = 4
-# Below the idle close of common servers (cheroot 10 s, gunicorn 2 s is the odd one out:
+# Below the idle close of common servers (the project's runner 15 s, uvicorn's default 5 s
+# and gunicorn's 2 s are the odd ones out:
 # aiohttp then retries an idempotent GET once on a connection the server has just closed).
 KEEPALIVE_S = 8.0
 STOP_WAIT_S = 0.5

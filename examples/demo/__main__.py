@@ -30,7 +30,8 @@ FAILURE_THRESHOLD = 3
 PROBE_TIMEOUT = 1.0
 WATCH_WAIT = 2.0
 MODES = ("poll", "watch")
-# The data server the demo runs: the Flask warehouse on cheroot, or the FastAPI one on uvicorn.
+# The data server the demo runs: the Flask warehouse on the project's runner, or the FastAPI
+# one with the ASGI middleware; both on uvicorn.
 SERVERS = {"flask": "examples.warehouse", "asgi": "examples.warehouse_asgi"}
 NEW_COLUMNS = {
     "poll": ("products", "weight_grams", "INTEGER"),
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "--server",
         choices=sorted(SERVERS),
         default="flask",
-        help="the warehouse to run: Flask on cheroot (default) or FastAPI on uvicorn",
+        help="the warehouse to run: Flask (default) or FastAPI, both on uvicorn",
     )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="rpc-demo-") as workdir:
