@@ -6,8 +6,9 @@ auth, `jsonify` of a dict padded to the byte length of the health body. The cost
 is time per request, so cost(health) / cost(bare) = rps(bare) / rps(health) (on the test
 client: µs(health) / µs(bare)). The issue asks for at most 1.10.
 
-1. **Production server, wrk.** `--serve` mode of this script runs the app on cheroot with
-   `serve_agent_until_signalled` (the warehouse's runner) in a child process on a free port.
+1. **Production server, wrk.** `--serve` mode of this script runs the app on the project's
+   runner (uvicorn; `serve_agent_until_signalled`, as the warehouse does) in a child process
+   on a free port.
    `wrk -t1 -c4 -d3s` runs against `/forest/health` with signed headers (made fresh for each
    run; a signature stays valid for the 300 s clock skew) and against `/bare` without,
    alternating A B A B for `--rounds` rounds. Two variants, each with its own server:
@@ -528,13 +529,13 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Pairs] = {}
     with sigterm_as_interrupt():
         wrk_args = f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s"
-        print(f"\n1. production server (cheroot, serve_agent_until_signalled), {wrk_args}")
+        print(f"\n1. production server (the runner, serve_agent_until_signalled), {wrk_args}")
         rps, cpu = measure_wrk(args, None, "unpinned")
-        results["cheroot unpinned"], results["cheroot unpinned, server CPU"] = rps, cpu
+        results["runner unpinned"], results["runner unpinned, server CPU"] = rps, cpu
         if not args.no_pinned:
             label = f"pinned (server taskset -c {args.server_cpus}, wrk taskset -c {args.wrk_cpus})"
             rps, cpu = measure_wrk(args, args.server_cpus, label)
-            results["cheroot pinned"], results["cheroot pinned, server CPU"] = rps, cpu
+            results["runner pinned"], results["runner pinned, server CPU"] = rps, cpu
         per_round = args.requests // args.rounds
         print(
             f"\n2. Flask test client, {per_round} requests of each per round, signed once a round"
