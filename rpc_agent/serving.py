@@ -44,7 +44,9 @@ KEEP_ALIVE_S = 15
 def listening_socket(host: str, port: int) -> socket.socket:
     """A socket bound to `host`:`port` (0: any free port) and listening; `OSError` if taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on such sockets, and without it each
+    # answer after the first on a connection waited ~40 ms for the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
