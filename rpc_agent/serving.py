@@ -72,24 +72,13 @@ def _signals_end_quietly() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def serve_until_signalled(
-    app: WSGIApplication,
-    host: str,
-    port: int,
-    *,
-    agent: AgentCore | None = None,
-    drain_seconds: float = 1.0,
-) -> None:
-    """Serve `app` (with `agent` answering its routes in front, if given) until SIGTERM or
-    SIGINT; with an agent, its shutdown begins at the signal and the server drains for
-    `drain_seconds`. `OSError` when the port can't be bound."""
+def serve_asgi_until_signalled(app: ASGIApp, host: str, port: int) -> None:
+    """Serve an ASGI app on uvicorn until SIGTERM or SIGINT, then exit normally (an agent's
+    ASGI middleware begins its shutdown and drains at the signal). `OSError` when the port
+    can't be bound."""
     sock = listening_socket(host, port)
-    wsgi_on_threads: ASGIApp = WSGIMiddleware(app, workers=APP_THREADS)  # type: ignore[arg-type,assignment]
-    asgi_app = (
-        RpcAgentMiddleware(wsgi_on_threads, agent=agent) if agent is not None else wsgi_on_threads
-    )
     config = uvicorn.Config(
-        asgi_app,
+        app,
         lifespan="on",
         log_config=None,
         access_log=False,
@@ -107,11 +96,21 @@ def serve_until_signalled(
     logger.info("stopped")
 
 
+def serve_until_signalled(
+    app: WSGIApplication, host: str, port: int, *, agent: AgentCore | None = None
+) -> None:
+    """Serve a WSGI app on a2wsgi's threads, with `agent`'s routes answered in front of it on
+    the event loop if given, until SIGTERM or SIGINT (see `serve_asgi_until_signalled`)."""
+    wsgi_on_threads: ASGIApp = WSGIMiddleware(app, workers=APP_THREADS)  # type: ignore[arg-type,assignment]
+    asgi_app = (
+        RpcAgentMiddleware(wsgi_on_threads, agent=agent) if agent is not None else wsgi_on_threads
+    )
+    serve_asgi_until_signalled(asgi_app, host, port)
+
+
 def serve_agent_until_signalled(
     app: WSGIApplication, agent: AgentCore, host: str, port: int
 ) -> None:
-    """Serve a WSGI app and its agent (see `serve_until_signalled`), draining for the agent's
-    `shutdown_drain_seconds` after the stop signal."""
-    serve_until_signalled(
-        app, host, port, agent=agent, drain_seconds=agent.settings.shutdown_drain_seconds
-    )
+    """Serve a WSGI app and its agent: at the stop signal the agent's shutdown begins, the
+    server drains for `shutdown_drain_seconds`, then stops."""
+    serve_until_signalled(app, host, port, agent=agent)

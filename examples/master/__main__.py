@@ -71,12 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     app = create_master_app({name: datasource})
     try:
         try:
-            serve_until_signalled(app, args.host, args.port, drain_seconds=0)
+            serve_until_signalled(app, args.host, args.port)
         except OSError as error:
             logger.warning(
                 "cannot serve /status on port %d (%s): using any free port", args.port, error
             )
-            serve_until_signalled(app, args.host, 0, drain_seconds=0)
+            serve_until_signalled(app, args.host, 0)
     finally:
         datasource.close()
     return 0

@@ -1,23 +1,16 @@
-"""`python -m examples.warehouse_asgi --host H --port P --db PATH`: the FastAPI warehouse on
-uvicorn (the same as `uvicorn --factory`, with the settings checked first)."""
+"""`python -m examples.warehouse_asgi --host H --port P --db PATH`: the FastAPI warehouse,
+its agent as ASGI middleware, on uvicorn (the project's runner for an ASGI app)."""
 
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-from types import FrameType
-
-import uvicorn
 
 from examples.warehouse.cli import parse_arguments, settings_or_none
 from examples.warehouse_asgi.app import create_app
+from rpc_agent.serving import serve_asgi_until_signalled
 
 logger = logging.getLogger("examples.warehouse_asgi")
-
-
-def ignore_signal(_signum: int, _frame: FrameType | None) -> None:
-    """uvicorn raises the stop signal again once it has stopped gracefully: exit 0 instead."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,13 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     logger.info(
         "schema ETag %s, instance %s", app.agent.schema_answer().etag, app.agent.instance_id
     )
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, ignore_signal)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, lifespan="on")
-    server = uvicorn.Server(config)
-    server.run()
-    if not server.started:
-        print(f"warehouse_asgi: cannot listen on {args.host}:{args.port}", file=sys.stderr)
+    try:
+        serve_asgi_until_signalled(app, args.host, args.port)
+    except OSError as error:
+        print(f"warehouse_asgi: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
         return 1
     return 0
 
