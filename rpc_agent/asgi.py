@@ -56,14 +56,18 @@ def request_target(scope: Scope) -> str:
 
 
 class RequestHeaders:
-    """The few request headers the routes read, decoded as a WSGI server would (latin-1)."""
+    """The few request headers the routes read, decoded as a WSGI server would (latin-1).
+
+    As in a WSGI environ, `X_Timestamp` counts as `X-Timestamp`: the original Ruby client
+    sends its headers with underscores.
+    """
 
     WANTED = frozenset({b"x-timestamp", b"x-signature", b"if-none-match", b"content-length"})
 
     def __init__(self, scope: Scope) -> None:
         found: dict[bytes, str] = {}
         for name, value in scope.get("headers", ()):
-            name = bytes(name).lower()
+            name = bytes(name).lower().replace(b"_", b"-")
             if name in self.WANTED and name not in found:
                 found[name] = bytes(value).decode("latin-1")
         self._found = found

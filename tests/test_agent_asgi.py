@@ -554,6 +554,14 @@ async def test_original_scheme_is_accepted_unless_bound_signatures_are_required(
 
 
 @asgi_test
+async def test_underscored_header_names_of_the_original_client_are_read_as_dashed() -> None:
+    v1 = signed_headers(TEST_SECRET, target=HEALTH, scheme="v1")
+    underscored = {name.replace("-", "_"): value for name, value in v1.items()}
+    assert set(underscored) == {"X_Timestamp", "X_Signature"}
+    assert (await call(wrapped(), HEALTH, sign=False, headers=underscored)).status == 200
+
+
+@asgi_test
 async def test_v2_signature_is_over_the_raw_path_as_sent() -> None:
     middleware = wrapped()
     raw_target = "/forest/%68ealth"
