@@ -3,7 +3,15 @@
 from rpc_common.settings import ConfigurationError
 from rpc_datasource.datasource import RpcDatasource
 from rpc_datasource.endpoint import AgentEndpoint
-from rpc_datasource.events import ProbeEvent, get_probe_hooks, set_probe_hooks
+from rpc_datasource.events import (
+    ProbeEvent,
+    SchemaEvent,
+    SchemaOutcome,
+    get_probe_hooks,
+    get_schema_hooks,
+    set_probe_hooks,
+    set_schema_hooks,
+)
 from rpc_datasource.health_client import HealthCheckClient
 from rpc_datasource.health_state import FailureReason, HealthState
 from rpc_datasource.policy import ProbePolicy
@@ -22,7 +30,11 @@ __all__ = [
     "ProbeEvent",
     "ProbePolicy",
     "RpcDatasource",
+    "SchemaEvent",
     "SchemaFetchError",
+    "SchemaOutcome",
     "get_probe_hooks",
+    "get_schema_hooks",
     "set_probe_hooks",
+    "set_schema_hooks",
 ]

@@ -51,6 +51,7 @@ class AsyncHealthCheckClient(WatchedAgent):
         watch_wait: float = 25.0,
         signature_scheme: SignatureScheme = "v2",
         hooks: Sequence[ProbeHook] = (),
+        name: str | None = None,
         session: aiohttp.ClientSession | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -65,7 +66,13 @@ class AsyncHealthCheckClient(WatchedAgent):
             watch_wait=watch_wait,
         )
         super().__init__(
-            url, auth_secret, policy, signature_scheme=signature_scheme, hooks=hooks, rng=rng
+            url,
+            auth_secret,
+            policy,
+            signature_scheme=signature_scheme,
+            hooks=hooks,
+            rng=rng,
+            name=name,
         )
         self.on_server_down = on_server_down
         self.on_server_recovered = on_server_recovered

@@ -17,8 +17,15 @@ from rpc_common.settings import ConfigurationError, describe_validation_error
 from rpc_common.signing import SignatureScheme
 from rpc_datasource.endpoint import AgentEndpoint
 from rpc_datasource.engine import Engine, shared_engine
-from rpc_datasource.events import ProbeEvent
+from rpc_datasource.events import (
+    ProbeEvent,
+    SchemaEvent,
+    SchemaOutcome,
+    deliver_schema,
+)
 from rpc_datasource.health_client import Callback, HealthCheckClient
+from rpc_datasource.probe_logging import SchemaLog
+from rpc_datasource.schema_diff import diff_schemas
 from rpc_datasource.schema_fetch import FetchedSchema, SchemaFetchError, fetch_schema
 from rpc_datasource.schema_refresh import SchemaRefreshDecision
 from rpc_datasource.settings import DatasourceSettings
@@ -56,10 +63,13 @@ class RpcDatasource:
         on_schema_change: SchemaCallback | None = None,
         on_server_down: Callback | None = None,
         on_server_recovered: Callback | None = None,
+        name: str | None = None,
     ) -> None:
         self.settings = settings
+        self.name = name or settings.rpc_uri
         self.on_schema_change = on_schema_change
         self.endpoint = AgentEndpoint.from_settings(settings)
+        self._schema_hooks = (SchemaLog(),)
         self._lock = threading.Lock()
         self._closed = False
         self._engine: Engine = shared_engine.acquire()
@@ -81,13 +91,14 @@ class RpcDatasource:
         self._etag = fetched.etag
         self._refresh = SchemaRefreshDecision(fetched.etag)
         self._fetching: asyncio.Task[None] | None = None
-        self._last_fetch_failed = False
         self.reloads = 0
+        self._report(SchemaOutcome.LOADED, fetched.etag)
         self.health = HealthCheckClient.from_settings(
             settings,
             on_server_down=on_server_down,
             on_server_recovered=on_server_recovered,
             hooks=(self._on_probe,),
+            name=self.name,
         )
         _open_datasources.add(self)
         self.health.start()
@@ -106,10 +117,12 @@ class RpcDatasource:
         on_server_down: Callback | None = None,
         on_server_recovered: Callback | None = None,
         settings: DatasourceSettings | None = None,
+        name: str | None = None,
     ) -> RpcDatasource:
         """Read the schema once (a `SchemaFetchError` names the URL and cause) and start watching.
 
         Arguments left out come from `settings`, else from `FOREST_*` environment variables.
+        `name` is what logs, hooks and metrics call the agent (the `uri` when not given).
         """
         overrides = {
             "rpc_uri": uri,
@@ -132,6 +145,7 @@ class RpcDatasource:
             on_schema_change=on_schema_change,
             on_server_down=on_server_down,
             on_server_recovered=on_server_recovered,
+            name=name,
         )
 
     @property
@@ -188,33 +202,42 @@ class RpcDatasource:
 
     async def _fetch_and_apply(self) -> None:
         """Fetch the schema if its ETag moved; swap it in and notify only if it changed."""
-        uri = self.settings.rpc_uri
         try:
             fetched = await fetch_schema(self._engine.session, self.endpoint, self.schema_etag)
         except SchemaFetchError as error:
             self._refresh.ask_again()
-            level = logging.DEBUG if self._last_fetch_failed else logging.WARNING
-            self._last_fetch_failed = True
-            logger.log(level, "%s; will ask again at the next successful probe", error)
+            self._report(SchemaOutcome.FAILED, self.schema_etag, error=str(error))
             return
-        self._last_fetch_failed = False
         if fetched is None:
             self._refresh.fetched(self.schema_etag)
-            logger.info("schema of %s unchanged (304)", uri)
+            self._report(SchemaOutcome.NOT_MODIFIED, self.schema_etag)
             return
         self._refresh.fetched(fetched.etag)
-        if not self._swap_in(fetched):
-            logger.info("schema of %s unchanged", uri)
+        change = self._swap_in(fetched)
+        if change is None:
+            self._report(SchemaOutcome.UNCHANGED, fetched.etag)
             return
-        logger.info("schema of %s reloaded (ETag %s)", uri, fetched.etag)
+        self._report(SchemaOutcome.RELOADED, fetched.etag, change=change)
         self.health.queue_callback("on_schema_change", self.on_schema_change, fetched.schema)
 
-    def _swap_in(self, fetched: FetchedSchema) -> bool:
-        """Take the fetched schema and ETag; whether the content changed."""
+    def _swap_in(self, fetched: FetchedSchema) -> str | None:
+        """Take the fetched schema and ETag; what changed in the content, or None."""
         with self._lock:
-            changed = fetched.schema != self._schema
+            previous = self._schema
             self._etag = fetched.etag
-            if changed:
-                self._schema = fetched.schema
-                self.reloads += 1
-            return changed
+            if fetched.schema == previous:
+                return None
+            self._schema = fetched.schema
+            self.reloads += 1
+        return diff_schemas(previous, fetched.schema).describe()
+
+    def _report(
+        self,
+        outcome: SchemaOutcome,
+        etag: str | None,
+        *,
+        change: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        event = SchemaEvent(self.name, outcome, etag, change=change, error=error)
+        deliver_schema(event, self._schema_hooks)

@@ -1,4 +1,4 @@
-"""`ProbeEvent`: what one probe saw and what it changed, handed to every hook (pure).
+"""`ProbeEvent` and `SchemaEvent`: what one probe or one schema read saw, handed to hooks.
 
 Logging, the counters of `stats()`, the user's callbacks and metrics are all hooks: equal
 peers that each receive the same frozen event, in the order they were given.
@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import cached_property
+from typing import TypeVar
 
 from rpc_datasource.health_state import Action, FailureReason, HealthState, ProbeResult
 
@@ -47,9 +49,33 @@ class ProbeEvent:
         return Action.NEW_INSTANCE in self.actions
 
 
+class SchemaOutcome(StrEnum):
+    """How one read of the agent's schema ended."""
+
+    LOADED = "loaded"  # the first read, when the datasource is built
+    RELOADED = "reloaded"  # a new ETag and new content: swapped in, `on_schema_change` called
+    UNCHANGED = "unchanged"  # a new ETag, the same content
+    NOT_MODIFIED = "not_modified"  # 304: the ETag already held
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class SchemaEvent:
+    """One read of one datasource's schema: its outcome and the ETag held after it."""
+
+    client: str
+    outcome: SchemaOutcome
+    etag: str | None
+    change: str | None = None  # for RELOADED: what changed, in words
+    error: str | None = None  # for FAILED: the cause
+
+
 ProbeHook = Callable[[ProbeEvent], None]
+SchemaHook = Callable[[SchemaEvent], None]
+Event = TypeVar("Event", ProbeEvent, SchemaEvent)
 
 _global_hooks: tuple[ProbeHook, ...] = ()
+_global_schema_hooks: tuple[SchemaHook, ...] = ()
 
 
 def set_probe_hooks(hooks: Iterable[ProbeHook]) -> None:
@@ -67,19 +93,46 @@ def get_probe_hooks() -> tuple[ProbeHook, ...]:
     return _global_hooks
 
 
+def set_schema_hooks(hooks: Iterable[SchemaHook]) -> None:
+    """Hooks that every datasource in the process calls after each schema read (on its loop)."""
+    global _global_schema_hooks
+    _global_schema_hooks = tuple(hooks)
+
+
+def get_schema_hooks() -> tuple[SchemaHook, ...]:
+    """The process-wide hooks set by `set_schema_hooks`."""
+    return _global_schema_hooks
+
+
 def deliver(event: ProbeEvent, hooks: Iterable[ProbeHook]) -> None:
     """Hand `event` to each hook, then to the process-wide ones; one that raises is logged."""
-    for group in (hooks, _global_hooks):
+    _deliver(event, (hooks, _global_hooks))
+
+
+def deliver_schema(event: SchemaEvent, hooks: Iterable[SchemaHook]) -> None:
+    """Hand `event` to each hook, then to the process-wide ones; one that raises is logged."""
+    _deliver(event, (hooks, _global_schema_hooks))
+
+
+def _deliver(event: Event, groups: Iterable[Iterable[Callable[[Event], None]]]) -> None:
+    for group in groups:
         for hook in group:
             try:
                 hook(event)
             except Exception:
-                logger.exception("probe hook %r raised on %s; carrying on", hook, event.client)
+                logger.exception(
+                    "%s hook %r raised on %s; carrying on", _kind(event), hook, event.client
+                )
             except (SystemExit, KeyboardInterrupt) as error:
                 logger.error(
-                    "probe hook %r raised %s on %s: contained, carrying on",
+                    "%s hook %r raised %s on %s: contained, carrying on",
+                    _kind(event),
                     hook,
                     type(error).__name__,
                     event.client,
                     exc_info=True,
                 )
+
+
+def _kind(event: ProbeEvent | SchemaEvent) -> str:
+    return "probe" if isinstance(event, ProbeEvent) else "schema"

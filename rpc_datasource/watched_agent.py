@@ -11,7 +11,7 @@ from rpc_datasource.endpoint import AgentEndpoint
 from rpc_datasource.events import ProbeEvent, ProbeHook
 from rpc_datasource.policy import ProbePolicy
 from rpc_datasource.probe import ProbeOutcome
-from rpc_datasource.probe_logging import log_probe_event
+from rpc_datasource.probe_logging import ProbeLog
 from rpc_datasource.stats import HealthStats, StatsRecorder
 from rpc_datasource.watch_mode import ProbeRequest
 from rpc_datasource.watcher import HealthWatcher
@@ -35,6 +35,7 @@ class WatchedAgent:
         signature_scheme: SignatureScheme,
         hooks: Sequence[ProbeHook],
         rng: random.Random | None,
+        name: str | None = None,
     ) -> None:
         self.policy = policy
         self.endpoint = AgentEndpoint.from_health_url(
@@ -43,13 +44,14 @@ class WatchedAgent:
         if self.endpoint.secret_is_short:
             logger.warning("auth_secret for %s is shorter than 32 bytes", url)
         self.url = url
+        self.name = name or url
         self._closed = False
         self._stats = StatsRecorder()
         self._watcher = HealthWatcher(
-            url,
+            self.name,
             policy,
             self._probe,
-            (self._stats, log_probe_event, self._fire_callbacks, *hooks),
+            (self._stats, ProbeLog(), self._fire_callbacks, *hooks),
             rng=rng,
         )
 

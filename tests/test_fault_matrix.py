@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qs
 
 import pytest
@@ -59,8 +59,12 @@ from rpc_datasource import (
     HealthStats,
     ProbeEvent,
     RpcDatasource,
+    SchemaEvent,
+    SchemaOutcome,
     get_probe_hooks,
+    get_schema_hooks,
     set_probe_hooks,
+    set_schema_hooks,
 )
 from rpc_datasource.endpoint import DEFAULT_HEALTH_MAX_BYTES
 from tests.scripted_server import Answer, Received, ScriptedServer
@@ -793,31 +797,45 @@ def test_warehouse_process_fault(
 # --- a fast redeploy on the same port, through RpcDatasource --------------------------------------
 
 
-class ProbeLog:
-    """A process-wide probe hook (`set_probe_hooks`): the datasource's client's events."""
+Event = TypeVar("Event", ProbeEvent, SchemaEvent)
+
+
+class EventLog(Generic[Event]):
+    """A process-wide hook (`set_probe_hooks`, `set_schema_hooks`): the events it was given."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._events: list[ProbeEvent] = []
+        self._events: list[Event] = []
 
-    def __call__(self, event: ProbeEvent) -> None:
+    def __call__(self, event: Event) -> None:
         with self._lock:
             self._events.append(event)
 
-    def events(self) -> list[ProbeEvent]:
+    def events(self) -> list[Event]:
         with self._lock:
             return list(self._events)
 
 
 @pytest.fixture
-def probe_log() -> Iterator[ProbeLog]:
-    log = ProbeLog()
+def probe_log() -> Iterator[EventLog[ProbeEvent]]:
+    log = EventLog[ProbeEvent]()
     previous = get_probe_hooks()
     set_probe_hooks([*previous, log])
     try:
         yield log
     finally:
         set_probe_hooks(previous)
+
+
+@pytest.fixture
+def schema_log() -> Iterator[EventLog[SchemaEvent]]:
+    log = EventLog[SchemaEvent]()
+    previous = get_schema_hooks()
+    set_schema_hooks([*previous, log])
+    try:
+        yield log
+    finally:
+        set_schema_hooks(previous)
 
 
 @dataclass
@@ -838,7 +856,6 @@ class Calls:
         self.schemas.append(schema)
 
 
-DATASOURCE_LOGGER = "rpc_datasource.datasource"
 REDEPLOY_INTERVAL_S = 1.0  # longer than a restart: it falls between two probes
 REDEPLOY_THRESHOLD = 3
 
@@ -850,14 +867,13 @@ def test_fast_redeploy(
     mode: str,
     db_path: Path,
     tmp_path: Path,
-    probe_log: ProbeLog,
-    caplog: pytest.LogCaptureFixture,
+    probe_log: EventLog[ProbeEvent],
+    schema_log: EventLog[SchemaEvent],
 ) -> None:
     """The warehouse restarts on its port between two probes. Polling, the restart is
     faster than the threshold: no down. Watching, the held request hears of the SIGTERM
     (503 shutting_down): one down, one recovery. Either way one reload if and only if the
     schema changed."""
-    caplog.set_level(logging.INFO, logger=DATASOURCE_LOGGER)
     port = free_port()
     logs = tmp_path / "logs"
     # Polling: no drain, the stop is quick; watching: a drain, held requests hear of it.
@@ -931,7 +947,8 @@ def test_fast_redeploy(
         assert [event.reason for event in downs] == ["shutting_down"]
         # The recovery re-read the schema, whether or not it changed.
         if not new_column:
-            assert "unchanged (304)" in caplog.text
+            outcomes = [event.outcome for event in schema_log.events()]
+            assert outcomes == [SchemaOutcome.LOADED, SchemaOutcome.NOT_MODIFIED]
     assert datasource.reloads == int(new_column)
     assert len(calls.schemas) == int(new_column)
     if new_column:
