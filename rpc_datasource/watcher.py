@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from rpc_datasource.clock import Clock, LoopClock
 from rpc_datasource.events import ProbeEvent, ProbeHook, deliver
@@ -24,6 +26,31 @@ from rpc_datasource.probe import Probe, ProbeOutcome
 from rpc_datasource.watch_mode import ProbeRequest, WatchTracker
 
 logger = logging.getLogger(__name__)
+
+
+class InFlightCount:
+    """How many probes of this process await their answer, on any loop (for metrics)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    @property
+    def value(self) -> int:
+        return self._count
+
+    @contextmanager
+    def counting(self) -> Iterator[None]:
+        with self._lock:
+            self._count += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._count -= 1
+
+
+probes_in_flight = InFlightCount()
 
 
 class HealthWatcher:
@@ -90,7 +117,8 @@ class HealthWatcher:
 
     async def _guarded_probe(self, request: ProbeRequest) -> ProbeOutcome:
         try:
-            return await self._probe(request)
+            with probes_in_flight.counting():
+                return await self._probe(request)
         except Exception as error:
             logger.exception("health probe of %s raised; counted as a failure", self.name)
             failure = ProbeResult.failed(FailureReason.CONNECTION, f"probe raised {error!r}")
