@@ -20,7 +20,6 @@ from rpc_agent.routes import (
     HoldHealth,
     OpenSse,
     Reply,
-    too_large_reply,
 )
 from rpc_agent.sse import SseStream
 
@@ -124,7 +123,7 @@ class RpcAgentMiddleware(AgentMiddlewareBase[ASGIApp]):
         headers = RequestHeaders(scope)
         body = await read_body(receive, headers.content_length())
         if body is None:
-            await self._send(too_large_reply(), scope, send)
+            await self._send(self.routes.too_large(route), scope, send)
             return
         request = AgentRequest(
             method=scope["method"],
@@ -170,7 +169,7 @@ class RpcAgentMiddleware(AgentMiddlewareBase[ASGIApp]):
             return None
         if not held.result():
             self.routes.held_over_bound()
-        return self.routes.health_reply()
+        return self.routes.held_reply()
 
     async def _stream(self, sse: OpenSse, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()

@@ -11,12 +11,13 @@ from enum import Enum
 from typing import Generic, TypeVar
 from urllib.parse import parse_qsl
 
+from rpc_agent import events
 from rpc_agent.core import AgentCore, HealthState
 from rpc_agent.health_watch import BadWait, parse_wait
 from rpc_agent.log_limit import LogRateLimiter
 from rpc_agent.schema import SchemaProvider
 from rpc_agent.settings import AgentSettings
-from rpc_common.signing import verify_request
+from rpc_common.signing import VerificationFailure, verify_request
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,11 @@ class Route(Enum):
     HEALTH = "/health"
     SCHEMA = "/rpc-schema"
     SSE = "/sse"
+
+    @property
+    def label(self) -> str:
+        """The route's name in events and metrics: `health`, `rpc-schema`, `sse`."""
+        return self.value.removeprefix("/")
 
 
 @dataclass(frozen=True)
@@ -128,8 +134,8 @@ class AgentRoutes:
         """The agent's route at `path`, or None for a path the wrapped app serves."""
         return self._paths.get(path)
 
-    def refusal(self, request: AgentRequest) -> Reply | None:
-        """A 401 JSON reply when the request's signature is refused; else None."""
+    def refusal(self, request: AgentRequest) -> VerificationFailure | None:
+        """Why the request's signature is refused (logged, rate-limited), or None."""
         settings = self.agent.settings
         failure = verify_request(
             request.timestamp,
@@ -153,13 +159,33 @@ class AgentRoutes:
                 failure,
                 f" ({dropped} more refused requests not logged)" if dropped else "",
             )
-        return json_reply(401, {"error": "Unauthorized", "reason": str(failure)})
+        return failure
 
     def handle(self, route: Route, request: AgentRequest) -> Reply | HoldHealth | OpenSse:
-        """What to answer a request on one of the agent's routes."""
+        """What to answer a request on one of the agent's routes (a held watch is reported to
+        the request hooks when `held_reply` answers it)."""
         refused = self.refusal(request)
         if refused is not None:
-            return refused
+            events.deliver(events.AgentRequestEvent(route.label, 401, refusal=str(refused)))
+            return json_reply(401, {"error": "Unauthorized", "reason": str(refused)})
+        outcome = self._answer(route, request)
+        if not isinstance(outcome, HoldHealth):
+            status = outcome.status if isinstance(outcome, Reply) else 200
+            events.deliver(events.AgentRequestEvent(route.label, status))
+        return outcome
+
+    def too_large(self, route: Route) -> Reply:
+        """The answer to a request whose body is over `MAX_REQUEST_BODY`."""
+        events.deliver(events.AgentRequestEvent(route.label, 413))
+        return too_large_reply()
+
+    def held_reply(self) -> Reply:
+        """The answer to a watch once its hold ended."""
+        reply = self.health_reply()
+        events.deliver(events.AgentRequestEvent(Route.HEALTH.label, reply.status))
+        return reply
+
+    def _answer(self, route: Route, request: AgentRequest) -> Reply | HoldHealth | OpenSse:
         if request.method not in ALLOWED_METHODS:
             return json_reply(
                 405,

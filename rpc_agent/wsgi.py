@@ -15,7 +15,6 @@ from rpc_agent.routes import (
     HoldHealth,
     OpenSse,
     Reply,
-    too_large_reply,
 )
 
 if TYPE_CHECKING:
@@ -88,7 +87,7 @@ class RpcAgentMiddleware(AgentMiddlewareBase["WSGIApplication"]):
             return self.app(environ, start_response)
         body = read_body(environ)
         if body is None:
-            return self._send(too_large_reply(), environ, start_response)
+            return self._send(self.routes.too_large(route), environ, start_response)
         outcome = self.routes.handle(route, agent_request(environ, body))
         if isinstance(outcome, HoldHealth):
             outcome = self._hold(outcome, environ)
@@ -108,7 +107,7 @@ class RpcAgentMiddleware(AgentMiddlewareBase["WSGIApplication"]):
             logger.debug("held a health watch for up to %g s", hold.seconds)
         else:
             self.routes.held_over_bound()
-        return self.routes.health_reply()
+        return self.routes.held_reply()
 
     @staticmethod
     def _send(

@@ -1,0 +1,108 @@
+"""Prometheus metrics of the agents in this process: requests, refusals, watches, streams.
+
+`instrument(registry)` registers them and adds a request hook process-wide; the gauges are
+read from the live agents at each scrape. Each process has its own: under a multi-worker
+server, a scrape sees the worker that answered it. Needs the `metrics` extra.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+try:
+    from prometheus_client import REGISTRY, CollectorRegistry, Counter
+    from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+    from prometheus_client.registry import Collector
+except ImportError as error:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "rpc_agent.metrics needs prometheus-client: pip install 'forest-rpc-pair[agent,metrics]'"
+    ) from error
+
+from rpc_agent import server_process
+from rpc_agent.core import AgentCore
+from rpc_agent.events import AgentRequestEvent, get_request_hooks, set_request_hooks
+
+
+class AgentStateCollector(Collector):
+    """Gauges read from the process's live agents when scraped."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily | InfoMetricFamily]:
+        agents = server_process.live_agents()
+        held = GaugeMetricFamily(
+            "forest_agent_held_watches", "Health watches the agent is holding."
+        )
+        held.add_metric([], sum(agent.health_watch.held for agent in agents))
+        streams = GaugeMetricFamily(
+            "forest_agent_sse_streams", "Open streams on the legacy /sse route."
+        )
+        streams.add_metric([], sum(_open_streams(agent) for agent in agents))
+        stopping = GaugeMetricFamily(
+            "forest_agent_shutting_down", "1 once the agent has begun shutting down."
+        )
+        stopping.add_metric([], any(agent.shutting_down for agent in agents))
+        info = InfoMetricFamily(
+            "forest_agent", "The agent's identity.", labels=["instance_id", "version"]
+        )
+        for agent in agents:
+            info.add_metric([agent.instance_id, agent.version], {})
+        yield from (held, streams, stopping, info)
+
+
+def _open_streams(agent: AgentCore) -> int:
+    current = agent.sse_manager.current
+    return int(current is not None and current.active)
+
+
+class AgentMetrics:
+    """The agent's metrics on one registry, and the request hook that counts answers."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "forest_agent_requests",
+            "Requests answered on the agent's routes, by route and status.",
+            ["route", "status"],
+            registry=registry,
+        )
+        self.unauthorized = Counter(
+            "forest_agent_unauthorized",
+            "Requests refused with 401, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.state = AgentStateCollector()
+        registry.register(self.state)
+        self.collectors = (self.requests, self.unauthorized, self.state)
+
+    def observe_request(self, event: AgentRequestEvent) -> None:
+        """A request hook: count the answer, and the refusal's reason."""
+        self.requests.labels(event.route, str(event.status)).inc()
+        if event.refusal is not None:
+            self.unauthorized.labels(event.refusal).inc()
+
+
+_instrumented: dict[CollectorRegistry, AgentMetrics] = {}
+_instrumented_lock = threading.Lock()
+
+
+def instrument(registry: CollectorRegistry = REGISTRY) -> AgentMetrics:
+    """Measure every agent of the process on `registry` (once per registry)."""
+    with _instrumented_lock:
+        metrics = _instrumented.get(registry)
+        if metrics is None:
+            metrics = AgentMetrics(registry)
+            _instrumented[registry] = metrics
+            set_request_hooks([*get_request_hooks(), metrics.observe_request])
+        return metrics
+
+
+def uninstrument(registry: CollectorRegistry = REGISTRY) -> None:
+    """Stop measuring on `registry` and take the metrics off it (tests, reconfiguration)."""
+    with _instrumented_lock:
+        metrics = _instrumented.pop(registry, None)
+        if metrics is None:
+            return
+        set_request_hooks([h for h in get_request_hooks() if h != metrics.observe_request])
+        for collector in metrics.collectors:
+            registry.unregister(collector)
