@@ -1,4 +1,4 @@
-"""`python -m examples.master --rpc-uri URI`: watch a data server and serve GET /status."""
+"""`python -m examples.master --rpc-uri URI`: watch a data server; serve /status and /metrics."""
 
 from __future__ import annotations
 
@@ -11,41 +11,52 @@ from urllib.parse import urlsplit
 
 from examples.logs import configure_logging
 from examples.master.app import create_master_app
-from examples.master.events import DatasourceEventLog
-from rpc_agent.serving import serve_until_signalled
+from rpc_agent.serving import listening_socket, serve_until_signalled
 from rpc_common.settings import ConfigurationError
-from rpc_datasource import RpcDatasource, SchemaFetchError
+from rpc_datasource import RpcDatasource, SchemaFetchError, metrics
 from rpc_datasource.datasource import load_datasource_settings
 from rpc_datasource.settings import DatasourceSettings
 
 logger = logging.getLogger("examples.master")
 
 
-def connect(
-    settings: DatasourceSettings, events: DatasourceEventLog, wait_seconds: float
-) -> RpcDatasource:
-    """Build the datasource, retrying each second for up to `wait_seconds` while it is down."""
+def connect(settings: DatasourceSettings, name: str, wait_seconds: float) -> RpcDatasource:
+    """Build the datasource, retrying each second for up to `wait_seconds` while it is down.
+
+    The library logs its events under `name`: DOWN (WARNING), RECOVERED and SCHEMA RELOADED.
+    """
     deadline = time.monotonic() + wait_seconds
     while True:
         try:
-            datasource = RpcDatasource.build(
-                settings=settings,
-                on_schema_change=events.on_schema_change,
-                on_server_down=events.on_server_down,
-                on_server_recovered=events.on_server_recovered,
-            )
+            datasource = RpcDatasource.build(settings=settings, name=name)
         except SchemaFetchError as error:
             if time.monotonic() >= deadline:
                 raise
             logger.info("waiting for the data server: %s", error)
             threading.Event().wait(1.0)
             continue
-        events.attach(datasource)
+        names = ", ".join(collection["name"] for collection in datasource.collections)
+        logger.info(
+            "%s connected: collections %s (schema ETag %s; outages detected within %.1f s)",
+            name,
+            names or "(none)",
+            datasource.schema_etag,
+            datasource.health.detection_bound_s,
+        )
         return datasource
 
 
+def why_port_is_taken(host: str, port: int) -> str | None:
+    """Why `host`:`port` can't be listened on, or None (checked before waiting for the agent)."""
+    try:
+        listening_socket(host, port).close()
+    except OSError as error:
+        return f"cannot listen on {host}:{port}: {error.strerror or error}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, build the datasource from settings, serve /status until signalled."""
+    """Parse arguments, build the datasource from settings, serve until signalled."""
     parser = argparse.ArgumentParser(prog="python -m examples.master", description=__doc__)
     parser.add_argument("--rpc-uri", help="the data server's base URI (else FOREST_RPC_URI)")
     parser.add_argument("--name", help="what to call the data server in logs and /status")
@@ -62,21 +73,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"master: {error}", file=sys.stderr)
         return 2
     name = args.name or urlsplit(settings.rpc_uri).netloc
-    events = DatasourceEventLog(name)
+    taken = why_port_is_taken(args.host, args.port)
+    if taken is not None:
+        print(f"master: {taken}", file=sys.stderr)
+        return 1
+    metrics.instrument()
     try:
-        datasource = connect(settings, events, args.wait)
+        datasource = connect(settings, name, args.wait)
     except SchemaFetchError as error:
         print(f"master: {error}", file=sys.stderr)
         return 1
     app = create_master_app({name: datasource})
     try:
-        try:
-            serve_until_signalled(app, args.host, args.port)
-        except OSError as error:
-            logger.warning(
-                "cannot serve /status on port %d (%s): using any free port", args.port, error
-            )
-            serve_until_signalled(app, args.host, 0)
+        serve_until_signalled(app, args.host, args.port)
+    except OSError as error:
+        print(f"master: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
+        return 1
     finally:
         datasource.close()
     return 0

@@ -1,14 +1,21 @@
-"""The master's Flask app: `GET /status` reports each watched datasource."""
+"""The master's Flask app: `/status` for orchestrators, `/metrics` for Prometheus, `/health`."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify
 from flask.typing import ResponseReturnValue
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 from rpc_datasource import RpcDatasource
+
+ROUTES = {
+    "/status": "each watched data server's state; 503 while any is down",
+    "/metrics": "Prometheus metrics of the probes and schema reads",
+    "/health": "the master itself is alive (always 200)",
+}
 
 
 def datasource_status(datasource: RpcDatasource) -> dict[str, Any]:
@@ -34,14 +41,28 @@ def datasource_status(datasource: RpcDatasource) -> dict[str, Any]:
     }
 
 
-def create_master_app(datasources: Mapping[str, RpcDatasource]) -> Flask:
-    """A master app reporting on `datasources` (name to datasource)."""
+def create_master_app(
+    datasources: Mapping[str, RpcDatasource], registry: CollectorRegistry = REGISTRY
+) -> Flask:
+    """A master app reporting on `datasources` (name to datasource), and `registry`'s metrics."""
     app = Flask("master")
+
+    @app.get("/")
+    def index() -> ResponseReturnValue:
+        return jsonify(ROUTES)
 
     @app.get("/status")
     def status() -> ResponseReturnValue:
-        return jsonify(
-            {name: datasource_status(datasource) for name, datasource in datasources.items()}
-        )
+        report = {name: datasource_status(datasource) for name, datasource in datasources.items()}
+        any_down = any(entry["state"] == "down" for entry in report.values())
+        return jsonify(report), 503 if any_down else 200
+
+    @app.get("/health")
+    def health() -> ResponseReturnValue:
+        return jsonify({"status": "ok"})
+
+    @app.get("/metrics")
+    def metrics() -> ResponseReturnValue:
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
     return app
