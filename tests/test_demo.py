@@ -34,9 +34,13 @@ def test_demo_tells_the_whole_story_and_exits_zero(server: str, module: str) -> 
             f"[{mode}] master: RECOVERED after",
             f"[{mode}] warehouse killed (SIGKILL)",
             f"[{mode}] outage detected in",
+            f"[{mode}] master /status: 503, state down",
+            f"[{mode}] master /metrics: agent_up 0; probe_failures_total{{reason=refused}}",
             f"[{mode}] migration applied: products.{column}",
             f"[{mode}] warehouse back up",
             f"[{mode}] master: SCHEMA RELOADED: +field products.{column}",
+            f"[{mode}] master /metrics: agent_up 1; state_transitions_total{{state=up}} 3; "
+            "state_transitions_total{state=down} 2; schema_reloads_total 1",
             f"[{mode}] each event seen exactly once per outage",
         ]
     story += ["time from the stop to the master's DOWN line", "stopped cleanly", "demo passed"]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from examples.demo.processes import ChildProcess
 from examples.warehouse.database import add_column
@@ -113,11 +114,34 @@ class Demo:
             self.say(f"  master: {line.text}")
         return line
 
-    def master_status(self) -> dict[str, Any]:
+    def master_status(self, expect: int = 200) -> dict[str, Any]:
         reply = requests.get(f"http://127.0.0.1:{self.master_port}/status", timeout=5)
-        reply.raise_for_status()
+        if reply.status_code != expect:
+            raise StepFailed(f"the master's /status answered {reply.status_code}, not {expect}")
         status: dict[str, Any] = reply.json()["warehouse"]
         return status
+
+    def master_metrics(self) -> dict[str, float]:
+        """The master's /metrics for the warehouse: `name{label=value}` to value."""
+        reply = requests.get(f"http://127.0.0.1:{self.master_port}/metrics", timeout=5)
+        reply.raise_for_status()
+        samples: dict[str, float] = {}
+        for family in text_string_to_metric_families(reply.text):
+            for sample in family.samples:
+                if sample.labels.pop("agent", None) == "warehouse":
+                    labels = ",".join(f"{name}={value}" for name, value in sample.labels.items())
+                    samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        return samples
+
+    def report_metrics(self, mode: str, names: tuple[str, ...]) -> None:
+        """Print the master's metrics whose names start with one of `names`, non-zero ones."""
+        samples = self.master_metrics()
+        shown = [
+            f"{name.removeprefix('forest_datasource_')} {value:g}"
+            for name, value in samples.items()
+            if name.startswith(names) and (value or name.startswith("forest_datasource_agent_up"))
+        ]
+        self.say(f"[{mode}] master /metrics: " + "; ".join(shown))
 
     def run(self) -> None:
         self.warehouse = self.start_warehouse()
@@ -199,6 +223,10 @@ class Demo:
         )
         if latency > bound:
             raise StepFailed(f"outage detected in {latency:.2f} s, over the {bound:.2f} s bound")
+        self.say(f"[{mode}] master /status: 503, state {self.master_status(503)['state']}")
+        self.report_metrics(
+            mode, ("forest_datasource_agent_up", "forest_datasource_probe_failures_total")
+        )
 
         table, column, sql_type = NEW_COLUMNS[mode]
         add_column(self.db, table, column, sql_type)
@@ -237,6 +265,23 @@ class Demo:
         status = self.master_status()
         if status["state"] != "up" or status["schema_reloads"] != 1:
             raise StepFailed(f"unexpected master status: {status}")
+        samples = self.master_metrics()
+        expected = {
+            "forest_datasource_agent_up": 1,
+            "forest_datasource_state_transitions_total{state=down}": 2,
+            "forest_datasource_schema_reloads_total": 1,
+        }
+        found = {name: samples.get(name) for name in expected}
+        if found != expected:
+            raise StepFailed(f"unexpected master metrics: {found}")
+        self.report_metrics(
+            mode,
+            (
+                "forest_datasource_agent_up",
+                "forest_datasource_state_transitions_total",
+                "forest_datasource_schema_reloads_total",
+            ),
+        )
         self.say(
             f"[{mode}] each event seen exactly once per outage; master status: state "
             f"{status['state']}, {status['probes']} probes, {status['failures']} failures, "
