@@ -23,14 +23,38 @@ def clock_skew_seconds(date_header: str | None, local_now: datetime) -> float | 
     return (agent_now - local_now).total_seconds()
 
 
+# The usual cause of each 401 reason, in one line (docs/protocol.md, "Refusals").
+_UNAUTHORIZED_HINTS = {
+    "bad_signature": (
+        "a secret the agent does not accept (its FOREST_AUTH_SECRET or "
+        "FOREST_AUTH_PREVIOUS_SECRETS), or a proxy that rewrites the path v2 signs "
+        "(pass it unchanged, with FOREST_URL_PREFIX on both sides, or sign v1); "
+        "see docs/protocol.md"
+    ),
+    "missing_headers": (
+        "X-Timestamp or X-Signature did not reach the agent: a proxy or server dropped them "
+        "(names with underscores?); see docs/protocol.md"
+    ),
+    "malformed_timestamp": "X-Timestamp is not ISO 8601 with Z or an offset",
+    "timestamp_out_of_window": (
+        "our clock and the agent's differ by more than its FOREST_ALLOWED_CLOCK_SKEW"
+    ),
+}
+
+
+def unauthorized_hint(reason: object, skew: float | None = None) -> str:
+    """The usual cause of a 401's `reason`, as `: <cause>` to append to the status line; the
+    measured clock skew instead when it is known; "" for a reason we don't know."""
+    if reason == "timestamp_out_of_window" and skew is not None:
+        return f": the agent's clock is {skew:+.0f} s from ours"
+    hint = _UNAUTHORIZED_HINTS.get(reason) if isinstance(reason, str) else None
+    return f": {hint}" if hint else ""
+
+
 def _unauthorized_cause(body: dict[str, Any] | None, skew: float | None) -> str:
     reason = body.get("reason") if body else None
     cause = f"HTTP 401 Unauthorized ({reason or 'no reason given'})"
-    if reason == "timestamp_out_of_window" and skew is not None:
-        cause += f": the agent's clock is {skew:+.0f} s from ours"
-    elif reason == "bad_signature":
-        cause += ": is the auth secret the agent's?"
-    return cause
+    return cause + unauthorized_hint(reason, skew)
 
 
 def classify_health_response(

@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 
 from rpc_datasource.endpoint import AgentEndpoint
+from rpc_datasource.health_response import unauthorized_hint
 from rpc_datasource.health_state import FailureReason
 from rpc_datasource.http import AgentRequestError, signed_get
 from rpc_datasource.json_body import json_object
@@ -56,4 +57,5 @@ async def fetch_schema(
 
 def _describe_refusal(status: int, body: bytes) -> str:
     reason = (json_object(body) or {}).get("reason")
-    return f"HTTP {status}" + (f" ({reason})" if reason else "")
+    hint = unauthorized_hint(reason) if status == 401 else ""
+    return f"HTTP {status}" + (f" ({reason})" if reason else "") + hint

@@ -18,6 +18,7 @@ from rpc_common.sse_protocol import HEARTBEAT_EVENT, STOP_EVENT, SUPERSEDED_EVEN
 from rpc_datasource.callbacks import OrderedCallbacks
 from rpc_datasource.endpoint import request_target
 from rpc_datasource.engine import Engine, Spawned, shared_engine
+from rpc_datasource.health_response import unauthorized_hint
 from rpc_datasource.sse_parser import SseEvent, SseParser
 from rpc_datasource.timing import jittered, reconnect_backoff
 
@@ -166,6 +167,8 @@ class SseClient:
         try:
             body = json.loads(await response.content.read(REFUSAL_BYTES))
             reason = f" ({body['reason']})" if isinstance(body, dict) and "reason" in body else ""
+            if reason and response.status == 401:
+                reason += unauthorized_hint(body["reason"])
         except (ValueError, TypeError, aiohttp.ClientError, OSError):
             pass
         level = logging.WARNING if response.status == 401 else logging.INFO

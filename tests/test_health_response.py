@@ -208,6 +208,59 @@ def test_401_without_a_reason_still_fails(body: bytes) -> None:
     assert "401" in result.cause
 
 
+@pytest.mark.parametrize(
+    ("reason", "fragments"),
+    [
+        pytest.param(
+            "bad_signature",
+            [
+                "FOREST_AUTH_SECRET",
+                "FOREST_AUTH_PREVIOUS_SECRETS",
+                "proxy that rewrites the path",
+                "FOREST_URL_PREFIX on both sides",
+                "sign v1",
+                "docs/protocol.md",
+            ],
+            id="bad_signature",
+        ),
+        pytest.param(
+            "missing_headers", ["proxy", "underscores", "docs/protocol.md"], id="missing_headers"
+        ),
+        pytest.param("malformed_timestamp", ["ISO 8601", "offset"], id="malformed_timestamp"),
+        pytest.param(
+            "timestamp_out_of_window",
+            ["FOREST_ALLOWED_CLOCK_SKEW"],
+            id="timestamp_out_of_window-no-date",
+        ),
+    ],
+)
+def test_401_names_the_reasons_usual_cause_in_one_line(reason: str, fragments: list[str]) -> None:
+    cause = classify_health_response(401, unauthorized(reason), None, LOCAL_NOW).cause
+    assert cause.startswith(f"HTTP 401 Unauthorized ({reason}): ")
+    for fragment in fragments:
+        assert fragment in cause
+    assert "\n" not in cause
+    assert "is the auth secret" not in cause  # the old hint named only one of the causes
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        pytest.param(
+            unauthorized("rate_limited"), "HTTP 401 Unauthorized (rate_limited)", id="unknown"
+        ),
+        pytest.param(
+            b'{"reason": ["bad_signature"]}',
+            "HTTP 401 Unauthorized (['bad_signature'])",
+            id="not-a-string",
+        ),
+        pytest.param(b"", "HTTP 401 Unauthorized (no reason given)", id="no-body"),
+    ],
+)
+def test_401_with_a_reason_we_dont_know_adds_no_hint(body: bytes, expected: str) -> None:
+    assert classify_health_response(401, body, None, LOCAL_NOW).cause == expected
+
+
 def test_401_out_of_window_reports_agent_clock_ahead() -> None:
     date = http_date(LOCAL_NOW + timedelta(seconds=412))
     result = classify_health_response(401, unauthorized("timestamp_out_of_window"), date, LOCAL_NOW)

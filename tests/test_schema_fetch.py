@@ -72,6 +72,23 @@ def test_a_refusal_names_the_url_and_the_agents_reason(server: ScriptedServer) -
         fetch(endpoint_at(server.url))
 
 
+def test_a_401_also_names_the_reasons_usual_cause(server: ScriptedServer) -> None:
+    server.script(Answer.json({"error": "Unauthorized", "reason": "bad_signature"}, status=401))
+    with pytest.raises(SchemaFetchError) as raised:
+        fetch(endpoint_at(server.url))
+    message = str(raised.value)
+    assert "FOREST_AUTH_PREVIOUS_SECRETS" in message
+    assert "rewrites the path" in message
+    assert "docs/protocol.md" in message
+
+
+def test_another_refusal_gets_no_401_hint(server: ScriptedServer) -> None:
+    server.script(Answer.json({"error": "bad_request", "reason": "bad_signature"}, status=400))
+    with pytest.raises(SchemaFetchError) as raised:
+        fetch(endpoint_at(server.url))
+    assert str(raised.value).endswith("HTTP 400 (bad_signature)")
+
+
 def test_no_connection_names_the_url_and_the_cause() -> None:
     root = f"http://127.0.0.1:{free_port()}"
     url = root + SCHEMA_PATH

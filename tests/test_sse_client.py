@@ -457,6 +457,7 @@ def test_a_refusal_is_named_at_warning_with_the_agents_reason(
     (line,) = [r for r in client_records(caplog) if "refused" in r.getMessage()][:1]
     assert line.levelno == logging.WARNING
     assert "HTTP 401 (bad_signature)" in line.getMessage()
+    assert "FOREST_AUTH_PREVIOUS_SECRETS" in line.getMessage()  # the reason's usual cause
 
 
 def client_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
