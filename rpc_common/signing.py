@@ -20,10 +20,13 @@ MAX_TIMESTAMP_LENGTH = 64
 SignatureScheme = Literal["v1", "v2"]
 
 # ISO 8601 date-time with an explicit zone, ASCII digits only; fromisoformat alone is laxer.
+# Up to nanoseconds, as Go's RFC3339Nano and Java's Instant print them.
 _TIMESTAMP_SHAPE = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]{1,6})?)?"
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]{1,9})?)?"
     r"([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)"
 )
+# Python's datetime holds microseconds: digits past the sixth are dropped.
+_SUB_MICROSECOND = re.compile(r"(?<=[.,][0-9]{6})[0-9]{1,3}")
 
 
 class VerificationFailure(StrEnum):
@@ -46,7 +49,8 @@ def parse_timestamp(value: str) -> datetime | None:
     if len(value) > MAX_TIMESTAMP_LENGTH or not _TIMESTAMP_SHAPE.fullmatch(value):
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace(",", ".").upper())
+        microseconds = _SUB_MICROSECOND.sub("", value, count=1)
+        parsed = datetime.fromisoformat(microseconds.replace(",", ".").upper())
         if parsed.tzinfo is None or parsed.utcoffset() is None:
             return None
         return parsed.astimezone(UTC)

@@ -179,6 +179,26 @@ def test_format_timestamp_converts_to_utc_and_truncates_to_milliseconds() -> Non
     assert format_timestamp(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02T03:04:05.000Z"
 
 
+@pytest.mark.parametrize(
+    ("text", "microsecond"),
+    [
+        pytest.param("2026-11-21T09:30:00.1Z", 100_000, id="tenths"),
+        pytest.param("2026-11-21T09:30:00.123456Z", 123_456, id="micro"),
+        pytest.param("2026-11-21T09:30:00.1234567Z", 123_456, id="7-digits"),
+        pytest.param("2026-11-21T09:30:00.123456789Z", 123_456, id="nano-go-java"),
+        pytest.param("2026-11-21T09:30:00,123456789+00:00", 123_456, id="nano-comma"),
+    ],
+)
+def test_fractions_up_to_nanoseconds_are_read_to_the_microsecond(
+    text: str, microsecond: int
+) -> None:
+    assert parse_timestamp(text) == NOW.replace(microsecond=microsecond)
+
+
+def test_more_than_nine_fractional_digits_are_malformed() -> None:
+    assert parse_timestamp("2026-11-21T09:30:00.1234567891Z") is None
+
+
 # --- offsets -----------------------------------------------------------------------------------
 
 
