@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from examples.warehouse.database import PRODUCTS, add_column
 from tests.support import TEST_SECRET, free_port, signed
@@ -220,6 +221,28 @@ def test_agent_routes_refuse_unsigned_requests(warehouse: Warehouse) -> None:
         assert response.status_code == 401
         assert response.headers["Content-Type"].startswith("application/json")
         assert response.json() == {"error": "Unauthorized", "reason": "missing_headers"}
+
+
+def test_metrics_count_the_agents_answers_and_refusals(warehouse: Warehouse) -> None:
+    assert warehouse.get(HEALTH).status_code == 200
+    assert requests.get(warehouse.url + HEALTH, timeout=REQUEST_TIMEOUT).status_code == 401
+
+    response = requests.get(warehouse.url + "/metrics", timeout=REQUEST_TIMEOUT)
+
+    assert response.status_code == 200
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+    answered = "forest_agent_requests_total"
+    assert samples[answered, (("route", "health"), ("status", "200"))] >= 1
+    assert samples[answered, (("route", "health"), ("status", "401"))] >= 1
+    assert samples["forest_agent_unauthorized_total", (("reason", "missing_headers"),)] >= 1
+    assert samples["forest_agent_shutting_down", ()] == 0
+    instance_id = warehouse.get(HEALTH).json()["instance_id"]
+    identity = [key for key in samples if key[0] == "forest_agent_info"]
+    assert [dict(labels)["instance_id"] for _, labels in identity] == [instance_id]
 
 
 def test_schema_lists_the_database_tables_with_an_etag_matching_health(

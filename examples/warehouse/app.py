@@ -1,14 +1,15 @@
-"""The warehouse Flask app: a couple of data routes and the embedded RPC agent."""
+"""The warehouse Flask app: a couple of data routes, the embedded RPC agent, /metrics."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify
 from flask.typing import ResponseReturnValue
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from examples.warehouse.database import connect, read_schema
-from rpc_agent import AgentSettings, RpcAgent
+from rpc_agent import AgentSettings, RpcAgent, metrics
 
 
 def create_app(db_path: Path | str, settings: AgentSettings | None = None) -> Flask:
@@ -20,6 +21,12 @@ def create_app(db_path: Path | str, settings: AgentSettings | None = None) -> Fl
     connection = connect(Path(db_path))
     schema = read_schema(connection)
     RpcAgent(app, settings=settings, schema_provider=lambda: schema)
+    metrics.instrument(REGISTRY)
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> ResponseReturnValue:
+        # Each worker process has its own; under gunicorn a scrape sees the one that answers.
+        return Response(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
 
     @app.get("/manufacturers")
     def manufacturers() -> ResponseReturnValue:
