@@ -44,8 +44,9 @@ class AgentStateCollector(Collector):
         info = InfoMetricFamily(
             "forest_agent", "The agent's identity.", labels=["instance_id", "version"]
         )
-        for agent in agents:
-            info.add_metric([agent.instance_id, agent.version], {})
+        # Agents of one server share its instance_id: one sample each.
+        for instance_id, version in sorted({(a.instance_id, a.version) for a in agents}):
+            info.add_metric([instance_id, version], {})
         yield from (held, streams, stopping, info)
 
 
