@@ -7,7 +7,6 @@ server, a scrape sees the worker that answered it. Needs the `metrics` extra.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 try:
@@ -22,6 +21,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 from rpc_agent import server_process
 from rpc_agent.core import AgentCore
 from rpc_agent.events import AgentRequestEvent, get_request_hooks, set_request_hooks
+from rpc_common.instrumentation import InstrumentedRegistries
 
 
 class AgentStateCollector(Collector):
@@ -83,27 +83,22 @@ class AgentMetrics:
             self.unauthorized.labels(event.refusal).inc()
 
 
-_instrumented: dict[CollectorRegistry, AgentMetrics] = {}
-_instrumented_lock = threading.Lock()
+def _attach(metrics: AgentMetrics) -> None:
+    set_request_hooks([*get_request_hooks(), metrics.observe_request])
+
+
+def _detach(metrics: AgentMetrics) -> None:
+    set_request_hooks([hook for hook in get_request_hooks() if hook != metrics.observe_request])
+
+
+_registries = InstrumentedRegistries(AgentMetrics, _attach, _detach)
 
 
 def instrument(registry: CollectorRegistry = REGISTRY) -> AgentMetrics:
     """Measure every agent of the process on `registry` (once per registry)."""
-    with _instrumented_lock:
-        metrics = _instrumented.get(registry)
-        if metrics is None:
-            metrics = AgentMetrics(registry)
-            _instrumented[registry] = metrics
-            set_request_hooks([*get_request_hooks(), metrics.observe_request])
-        return metrics
+    return _registries.instrument(registry)
 
 
 def uninstrument(registry: CollectorRegistry = REGISTRY) -> None:
     """Stop measuring on `registry` and take the metrics off it (tests, reconfiguration)."""
-    with _instrumented_lock:
-        metrics = _instrumented.pop(registry, None)
-        if metrics is None:
-            return
-        set_request_hooks([h for h in get_request_hooks() if h != metrics.observe_request])
-        for collector in metrics.collectors:
-            registry.unregister(collector)
+    _registries.uninstrument(registry)

@@ -16,6 +16,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
         "pip install 'forest-rpc-pair[datasource,metrics]'"
     ) from error
 
+from rpc_common.instrumentation import InstrumentedRegistries
 from rpc_datasource.events import (
     ProbeEvent,
     SchemaEvent,
@@ -162,29 +163,24 @@ class DatasourceMetrics:
             self.schema_requests.labels(agent, outcome)
 
 
-_instrumented: dict[CollectorRegistry, DatasourceMetrics] = {}
-_instrumented_lock = threading.Lock()
+def _attach(metrics: DatasourceMetrics) -> None:
+    set_probe_hooks([*get_probe_hooks(), metrics.observe_probe])
+    set_schema_hooks([*get_schema_hooks(), metrics.observe_schema])
+
+
+def _detach(metrics: DatasourceMetrics) -> None:
+    set_probe_hooks([hook for hook in get_probe_hooks() if hook != metrics.observe_probe])
+    set_schema_hooks([hook for hook in get_schema_hooks() if hook != metrics.observe_schema])
+
+
+_registries = InstrumentedRegistries(DatasourceMetrics, _attach, _detach)
 
 
 def instrument(registry: CollectorRegistry = REGISTRY) -> DatasourceMetrics:
     """Measure every client and datasource of the process on `registry` (once per registry)."""
-    with _instrumented_lock:
-        metrics = _instrumented.get(registry)
-        if metrics is None:
-            metrics = DatasourceMetrics(registry)
-            _instrumented[registry] = metrics
-            set_probe_hooks([*get_probe_hooks(), metrics.observe_probe])
-            set_schema_hooks([*get_schema_hooks(), metrics.observe_schema])
-        return metrics
+    return _registries.instrument(registry)
 
 
 def uninstrument(registry: CollectorRegistry = REGISTRY) -> None:
     """Stop measuring on `registry` and take the metrics off it (tests, reconfiguration)."""
-    with _instrumented_lock:
-        metrics = _instrumented.pop(registry, None)
-        if metrics is None:
-            return
-        set_probe_hooks([hook for hook in get_probe_hooks() if hook != metrics.observe_probe])
-        set_schema_hooks([hook for hook in get_schema_hooks() if hook != metrics.observe_schema])
-        for collector in metrics.collectors:
-            registry.unregister(collector)
+    _registries.uninstrument(registry)

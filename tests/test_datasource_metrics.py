@@ -29,11 +29,13 @@ from rpc_datasource.health_state import (
     Action,
     FailureReason,
     HealthState,
-    HealthStateMachine,
     ProbeResult,
 )
 from rpc_datasource.metrics import DatasourceMetrics, instrument, uninstrument
-from rpc_datasource.watcher import probes_in_flight
+from rpc_datasource.policy import ProbePolicy
+from rpc_datasource.probe import ProbeOutcome
+from rpc_datasource.watch_mode import ProbeRequest
+from rpc_datasource.watcher import HealthWatcher, probes_in_flight
 from tests.support import HEALTH_PATH, TEST_SECRET, agent_app, start_server, wait_until
 
 AGENT = "agent-a"
@@ -62,33 +64,23 @@ def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None
 
 
 class Prober:
-    """One agent's probes as a client makes them: each result goes through a real state
-    machine, and the event it makes is handed to the metrics."""
+    """One agent's probes as a client makes them: each result goes through the watcher's
+    `observe` (a real state machine), which hands the event to the metrics' hook."""
 
     def __init__(
         self, metrics: DatasourceMetrics, agent: str = AGENT, failure_threshold: int = 2
     ) -> None:
-        self.metrics = metrics
-        self.agent = agent
-        self.machine = HealthStateMachine(failure_threshold)
+        policy = ProbePolicy(polling_interval=1.0, failure_threshold=failure_threshold)
+        self.watcher = HealthWatcher(agent, policy, never_probed, (metrics.observe_probe,))
 
     def probe(
         self, result: ProbeResult, latency_s: float | None = 0.01, lateness_s: float = 0.0
     ) -> ProbeEvent:
-        before = self.machine.state
-        actions = self.machine.observe(result)
-        event = ProbeEvent(
-            client=self.agent,
-            result=result,
-            latency_s=latency_s,
-            lateness_s=lateness_s,
-            state_before=before,
-            state_after=self.machine.state,
-            consecutive_failures=self.machine.consecutive_failures,
-            actions=actions,
-        )
-        self.metrics.observe_probe(event)
-        return event
+        return self.watcher.observe(result, latency_s, lateness_s)
+
+
+async def never_probed(request: ProbeRequest) -> ProbeOutcome:
+    raise AssertionError("these tests feed outcomes to observe(); nothing probes")
 
 
 @pytest.fixture
