@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from rpc_datasource import RpcDatasource
 
@@ -61,8 +62,7 @@ def create_master_app(
     def health() -> ResponseReturnValue:
         return jsonify({"status": "ok"})
 
-    @app.get("/metrics")
-    def metrics() -> ResponseReturnValue:
-        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
-
+    # prometheus_client's own app: it negotiates the format (OpenMetrics) and compression.
+    metrics = make_wsgi_app(registry)
+    app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/metrics": metrics})  # type: ignore[method-assign]
     return app

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Flask, Response, jsonify
+from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import REGISTRY, make_wsgi_app
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from examples.warehouse.database import connect, read_schema
 from rpc_agent import AgentSettings, RpcAgent, metrics
@@ -22,11 +23,8 @@ def create_app(db_path: Path | str, settings: AgentSettings | None = None) -> Fl
     schema = read_schema(connection)
     RpcAgent(app, settings=settings, schema_provider=lambda: schema)
     metrics.instrument(REGISTRY)
-
-    @app.get("/metrics")
-    def prometheus_metrics() -> ResponseReturnValue:
-        # Each worker process has its own; under gunicorn a scrape sees the one that answers.
-        return Response(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+    # Each worker process has its own; under gunicorn a scrape sees the one that answers.
+    app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/metrics": make_wsgi_app(REGISTRY)})  # type: ignore[method-assign]
 
     @app.get("/manufacturers")
     def manufacturers() -> ResponseReturnValue:
