@@ -210,7 +210,10 @@ class AgentRoutes:
             return json_reply(400, {"error": "bad_request", "reason": str(error)})
         generation = self.agent.health_watch.generation
         state = self.agent.health_state()
-        if seconds <= 0 or state.status_code != 200 or request.if_none_match != state.etag:
+        # The token the client last saw, compared as HTTP does (W/, lists); "*" names none.
+        seen = request.if_none_match
+        unchanged = seen is not None and seen.strip() != "*" and etag_matches(seen, state.etag)
+        if seconds <= 0 or state.status_code != 200 or not unchanged:
             return self.health_reply(state)
         return HoldHealth(seconds, generation)
 

@@ -166,9 +166,11 @@ class HeldRequest:
         return self.response
 
 
-def held(served: Agent, wait: object = LONG_WAIT, count: int = 1) -> HeldRequest:
-    """A watch with the current ETag, once the agent holds it (`count` held in all)."""
-    watch = HeldRequest(served, wait, current_etag(served))
+def held(
+    served: Agent, wait: object = LONG_WAIT, count: int = 1, etag: str | None = None
+) -> HeldRequest:
+    """A watch with the current ETag (or `etag`), once the agent holds it (`count` in all)."""
+    watch = HeldRequest(served, wait, etag or current_etag(served))
     assert wait_until(lambda: served.held == count, DEADLINE_S), "the agent never held the watch"
     return watch
 
@@ -274,6 +276,19 @@ def test_a_matching_watch_is_held_for_its_wait(served: Agent) -> None:
     assert_health(response, served.agent)
     assert response.headers["ETag"] == etag
     assert 0.4 <= took < 0.5 + AT_ONCE_S
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        pytest.param("W/{etag}", id="weak"),
+        pytest.param('"other", {etag}', id="in-a-list"),
+    ],
+)
+def test_if_none_match_is_compared_as_http_says(served: Agent, form: str) -> None:
+    watch = held(served, etag=form.format(etag=current_etag(served)))
+    threading.Thread(target=served.agent.begin_shutdown, name="test-shutdown").start()
+    assert watch.answer(within=AT_ONCE_S).status_code == 503
 
 
 def test_shutdown_answers_a_held_watch_at_once_with_503(served: Agent) -> None:
