@@ -114,6 +114,7 @@ class RpcDatasource:
         *,
         health_check_timeout: float | None = None,
         signature_scheme: SignatureScheme | None = None,
+        url_prefix: str | None = None,
         on_server_down: Callback | None = None,
         on_server_recovered: Callback | None = None,
         settings: DatasourceSettings | None = None,
@@ -131,6 +132,7 @@ class RpcDatasource:
             "health_check_failure_threshold": health_check_failure_threshold,
             "health_check_timeout": health_check_timeout,
             "signature_scheme": signature_scheme,
+            "url_prefix": url_prefix,
         }
         given = {name: value for name, value in overrides.items() if value is not None}
         if settings is not None:

@@ -205,6 +205,23 @@ def test_build_reads_the_agents_schema_and_etag(
     assert not datasource.closed
 
 
+def test_build_reaches_an_agent_under_another_prefix() -> None:
+    schema = products_schema()
+    server = start_server(agent_app(lambda: schema, url_prefix="/api/forest")[0])
+    try:
+        with RpcDatasource.build(
+            uri=server.url,
+            auth_secret=TEST_SECRET,
+            health_check_interval=FAST_INTERVAL,
+            url_prefix="/api/forest",
+        ) as datasource:
+            assert datasource.schema == schema
+            assert datasource.health.url == f"{server.url}/api/forest/health"
+            assert wait_until(lambda: datasource.health.stats().state == "up")
+    finally:
+        server.stop()
+
+
 def test_build_against_a_closed_port_names_the_url_and_cause() -> None:
     port = free_port()
 
