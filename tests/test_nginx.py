@@ -21,13 +21,10 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
-import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,16 +35,12 @@ from rpc_common.signing import SignatureScheme, format_timestamp, sign_original
 from rpc_datasource import DatasourceSettings, HealthCheckClient, RpcDatasource
 from tests.nginx_proxy import Nginx, running_nginx
 from tests.server_processes import HeldWatch, SseEvent, SseStream
-from tests.support import TEST_SECRET, free_port, signed, wait_until
+from tests.support import TEST_SECRET, signed, wait_until
 from tests.test_warehouse import (
     HEALTH,
-    REPO_ROOT,
-    STARTUP_DEADLINE,
     Warehouse,
     collection,
-    command,
     running_warehouse,
-    warehouse_env,
 )
 
 HEARTBEAT_S = 0.5
@@ -96,45 +89,6 @@ def server_blocks(port: int, prefixed_port: int) -> dict[str, str]:
     }
 
 
-@contextmanager
-def warehouse_under_prefix(prefix: str, db_path: Path, log_dir: Path) -> Iterator[Warehouse]:
-    """The warehouse with `FOREST_URL_PREFIX=prefix`. `running_warehouse` can't start it: it
-    waits for a 200 on `/forest/health`, which this one never answers."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    stderr_path = log_dir / f"warehouse-{port}.stderr"
-    with stderr_path.open("wb") as stderr_file:
-        process = subprocess.Popen(
-            command(port, db_path),
-            cwd=REPO_ROOT,
-            env={**warehouse_env(), **SETTINGS, "FOREST_URL_PREFIX": prefix},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr_file,
-        )
-    warehouse = Warehouse(process, port, stderr_path)
-    health = f"{prefix}/health"
-
-    def answers() -> bool:
-        if process.poll() is not None:
-            return True
-        try:
-            return warehouse.get(health).status_code == 200
-        except requests.RequestException:
-            return False
-
-    try:
-        if not wait_until(answers, STARTUP_DEADLINE) or process.poll() is not None:
-            pytest.fail(
-                f"warehouse under {prefix} not answering {health} within {STARTUP_DEADLINE} s "
-                f"(exit code {process.poll()}); stderr:\n{warehouse.stderr()}"
-            )
-        yield warehouse
-    finally:
-        if process.poll() is None:
-            warehouse.stop()
-
-
 @dataclass
 class Setup:
     warehouse: Warehouse  # default prefix /forest
@@ -147,7 +101,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     tmp = tmp_path_factory.mktemp("nginx")
     with (
         running_warehouse(tmp / "warehouse.db", tmp / "logs", settings=SETTINGS) as warehouse,
-        warehouse_under_prefix(API_PREFIX, tmp / "prefixed.db", tmp / "logs") as prefixed,
+        running_warehouse(
+            tmp / "prefixed.db",
+            tmp / "logs",
+            settings={**SETTINGS, "FOREST_URL_PREFIX": API_PREFIX},
+        ) as prefixed,
         running_nginx(server_blocks(warehouse.port, prefixed.port)) as nginx,
     ):
         yield Setup(warehouse, prefixed, nginx)

@@ -92,7 +92,7 @@ class Warehouse:
             )
 
 
-def wait_until_ready(warehouse: Warehouse) -> None:
+def wait_until_ready(warehouse: Warehouse, health: str = HEALTH) -> None:
     """Poll the signed health route until it answers 200, the process dies, or time runs out."""
     deadline = time.monotonic() + STARTUP_DEADLINE
     pause = threading.Event()
@@ -105,7 +105,7 @@ def wait_until_ready(warehouse: Warehouse) -> None:
             )
         try:
             response = requests.get(
-                warehouse.url + HEALTH, headers=signed(HEALTH), timeout=REQUEST_TIMEOUT
+                warehouse.url + health, headers=signed(health), timeout=REQUEST_TIMEOUT
             )
         except requests.RequestException as error:
             last_problem = repr(error)
@@ -124,8 +124,9 @@ def wait_until_ready(warehouse: Warehouse) -> None:
 def running_warehouse(
     db_path: Path, log_dir: Path, *, port: int | None = None, settings: dict[str, str] | None = None
 ) -> Iterator[Warehouse]:
-    """Start the command (on `port`, with extra `FOREST_*` settings if given), wait until it
-    is ready, and always end and reap it afterwards."""
+    """Start the command (on `port`, with extra `FOREST_*` settings if given), wait until its
+    health route (under the settings' `FOREST_URL_PREFIX`) answers, and always end and reap
+    it afterwards."""
     log_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     stderr_path = log_dir / f"warehouse-{port}.stderr"
@@ -140,7 +141,8 @@ def running_warehouse(
         )
         warehouse = Warehouse(process, port, stderr_path)
         try:
-            wait_until_ready(warehouse)
+            prefix = (settings or {}).get("FOREST_URL_PREFIX", "/forest")
+            wait_until_ready(warehouse, f"{prefix}/health")
             yield warehouse
         finally:
             if process.poll() is None:
