@@ -14,9 +14,9 @@ from urllib.parse import parse_qsl
 from rpc_agent import events
 from rpc_agent.core import AgentCore, HealthState
 from rpc_agent.health_watch import BadWait, parse_wait
-from rpc_agent.log_limit import LogRateLimiter
 from rpc_agent.schema import SchemaProvider
 from rpc_agent.settings import AgentSettings
+from rpc_common.log_limit import LogRateLimiter
 from rpc_common.signing import VerificationFailure, verify_request
 
 logger = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ import pytest
 from werkzeug.test import Client
 
 from rpc_agent import AgentSettings
-from rpc_agent.log_limit import LogRateLimiter
 from rpc_agent.wsgi import RpcAgentMiddleware
+from rpc_common.log_limit import LogRateLimiter
 from tests.support import TEST_SECRET
 
 
