@@ -37,6 +37,19 @@ class AuthSecretSettings(BaseSettings):
         return value
 
 
+DEFAULT_URL_PREFIX = "/forest"
+
+
+def normalised_url_prefix(value: str) -> str:
+    """The agent routes' prefix, `/forest` or `/api/forest` ("/" means none); `ValueError`
+    for any other shape, so a typo is refused at start instead of giving 404s forever."""
+    if not value.startswith("/") or (len(value) > 1 and value.endswith("/")):
+        raise ValueError(f"url_prefix must start with '/' and not end with one, got {value!r}")
+    if any(char.isspace() or char in "?#" for char in value):
+        raise ValueError(f"url_prefix must be a plain path, got {value!r}")
+    return "" if value == "/" else value
+
+
 def describe_validation_error(error: ValidationError) -> str:
     """One line naming each refused setting (argument and variable), never its value."""
     parts = []

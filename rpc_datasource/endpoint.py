@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from rpc_common.settings import MIN_SECRET_BYTES
+from rpc_common.settings import DEFAULT_URL_PREFIX, MIN_SECRET_BYTES, normalised_url_prefix
 from rpc_common.signing import SignatureScheme, signed_headers
 
 if TYPE_CHECKING:
@@ -56,6 +56,17 @@ class AgentEndpoint:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
         if not self.health_url:
             object.__setattr__(self, "health_url", self.route_url(HEALTH_ROUTE))
+
+    @classmethod
+    def for_agent(
+        cls, uri: str, secret: str, *, url_prefix: str = DEFAULT_URL_PREFIX, **options: object
+    ) -> AgentEndpoint:
+        """The endpoint of the agent at `uri`: its base URI (`http://host:port`, to which
+        `url_prefix` is added), or a URI that already ends in the health route."""
+        if urlsplit(uri).path.rstrip("/").endswith("/" + HEALTH_ROUTE):
+            return cls.from_health_url(uri, secret, **options)
+        root = uri.rstrip("/") + normalised_url_prefix(url_prefix)
+        return cls(root, secret, **options)  # type: ignore[arg-type]
 
     @classmethod
     def from_health_url(cls, url: str, secret: str, **options: object) -> AgentEndpoint:

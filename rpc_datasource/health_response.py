@@ -57,13 +57,43 @@ def _unauthorized_cause(body: dict[str, Any] | None, skew: float | None) -> str:
     return cause + unauthorized_hint(reason, skew)
 
 
+# What the agent answers while it can serve: "degraded" means only non-critical checks fail.
+SERVING_STATUSES = frozenset({"ok", "degraded"})
+
+
+def not_found_hint(target: str) -> str:
+    """Why an agent route answers 404: the client's prefix is not the agent's."""
+    return (
+        f": no agent route at {target} (the agent's FOREST_URL_PREFIX and this client's "
+        "url_prefix / FOREST_URL_PREFIX must be the same)"
+    )
+
+
+def _not_ready_cause(status: int, body: dict[str, Any]) -> str:
+    """`HTTP 503: agent not ready (database: timeout)`: the failing checks, or the reason."""
+    checks = body.get("checks")
+    failing = []
+    if isinstance(checks, dict):
+        for name, check in checks.items():
+            if isinstance(check, dict) and check.get("status") == "failing":
+                failing.append(f"{name}: {check.get('reason') or 'failing'}")
+    reason = body.get("reason")
+    detail = "; ".join(failing) or (reason if isinstance(reason, str) else "unavailable")
+    return f"HTTP {status}: agent not ready ({detail[:300]})"
+
+
 def classify_health_response(
-    status: int, body: bytes, date_header: str | None, local_now: datetime
+    status: int, body: bytes, date_header: str | None, local_now: datetime, target: str = ""
 ) -> ProbeResult:
-    """A success only for a 2xx whose JSON has status "ok" and a string instance_id."""
+    """A success only for a 2xx whose JSON has status "ok" or "degraded" and a string
+    instance_id; `target` (the path asked for) names the route in a 404's cause."""
     parsed = json_object(body)
     if parsed is not None and parsed.get("status") == "shutting_down":
         return ProbeResult.shutting_down(f"HTTP {status}: agent is shutting down")
+    if parsed is not None and parsed.get("status") == "unavailable":
+        return ProbeResult.failed(FailureReason.NOT_READY, _not_ready_cause(status, parsed))
+    if status == 404 and target:
+        return ProbeResult.failed(FailureReason.HTTP_STATUS, "HTTP 404" + not_found_hint(target))
     if status == 401:
         return ProbeResult.failed(
             FailureReason.UNAUTHORIZED,
@@ -76,7 +106,7 @@ def classify_health_response(
             FailureReason.BAD_BODY, f"HTTP {status} with a body that is not a JSON object"
         )
     instance_id = parsed.get("instance_id")
-    if parsed.get("status") != "ok" or not isinstance(instance_id, str):
+    if parsed.get("status") not in SERVING_STATUSES or not isinstance(instance_id, str):
         return ProbeResult.failed(
             FailureReason.BAD_BODY, f"HTTP {status} with a body that is not the health JSON"
         )

@@ -24,6 +24,7 @@ class FailureReason(StrEnum):
     HTTP_STATUS = "http_status"
     BAD_BODY = "bad_body"
     UNAUTHORIZED = "unauthorized"
+    NOT_READY = "not_ready"  # 503 "unavailable": the agent's own readiness checks fail
     SHUTTING_DOWN = "shutting_down"
 
 

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import aiohttp
 
-from rpc_datasource.endpoint import AgentEndpoint
+from rpc_datasource.endpoint import AgentEndpoint, request_target
 from rpc_datasource.health_response import classify_health_response
 from rpc_datasource.health_state import ProbeResult
 from rpc_datasource.http import AgentRequestError, signed_get
@@ -50,6 +50,10 @@ async def probe_health(
     except AgentRequestError as error:
         return ProbeOutcome(ProbeResult.failed(error.reason, str(error)), None)
     result = classify_health_response(
-        reply.status, reply.body, reply.headers.get("Date"), datetime.now(UTC)
+        reply.status,
+        reply.body,
+        reply.headers.get("Date"),
+        datetime.now(UTC),
+        request_target(endpoint.health_url),
     )
     return ProbeOutcome(result, reply.latency_s, reply.headers.get("ETag"))

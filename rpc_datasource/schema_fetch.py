@@ -7,8 +7,8 @@ from typing import Any
 
 import aiohttp
 
-from rpc_datasource.endpoint import AgentEndpoint
-from rpc_datasource.health_response import unauthorized_hint
+from rpc_datasource.endpoint import AgentEndpoint, request_target
+from rpc_datasource.health_response import not_found_hint, unauthorized_hint
 from rpc_datasource.health_state import FailureReason
 from rpc_datasource.http import AgentRequestError, signed_get
 from rpc_datasource.json_body import json_object
@@ -47,7 +47,7 @@ async def fetch_schema(
         return None
     if reply.status != 200:
         raise SchemaFetchError(
-            f"cannot read the schema at {url}: {_describe_refusal(reply.status, reply.body)}"
+            f"cannot read the schema at {url}: {_describe_refusal(reply.status, reply.body, url)}"
         )
     schema = json_object(reply.body)
     if schema is None or not isinstance(schema.get("collections"), list):
@@ -55,7 +55,11 @@ async def fetch_schema(
     return FetchedSchema(schema, reply.headers.get("ETag"))
 
 
-def _describe_refusal(status: int, body: bytes) -> str:
+def _describe_refusal(status: int, body: bytes, url: str) -> str:
     reason = (json_object(body) or {}).get("reason")
-    hint = unauthorized_hint(reason) if status == 401 else ""
+    hint = ""
+    if status == 401:
+        hint = unauthorized_hint(reason)
+    elif status == 404:
+        hint = not_found_hint(request_target(url))
     return f"HTTP {status}" + (f" ({reason})" if reason else "") + hint

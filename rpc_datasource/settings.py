@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from rpc_common.settings import AuthSecretSettings
+from rpc_common.settings import DEFAULT_URL_PREFIX, AuthSecretSettings, normalised_url_prefix
 from rpc_common.signing import SignatureScheme
 from rpc_datasource.endpoint import DEFAULT_SCHEMA_MAX_BYTES
 from rpc_datasource.policy import ProbeMode
@@ -14,7 +14,7 @@ class DatasourceSettings(AuthSecretSettings):
     """Where the agent is and how to watch it; `auth_secret` and `rpc_uri` are required."""
 
     rpc_uri: str
-    url_prefix: str = "/forest"
+    url_prefix: str = DEFAULT_URL_PREFIX
     health_check_interval: float = Field(default=30.0, gt=0, le=86_400)
     health_check_failure_threshold: int = Field(default=3, ge=1, le=1_000)
     health_check_timeout: float = Field(default=5.0, gt=0, le=600)
@@ -30,6 +30,11 @@ class DatasourceSettings(AuthSecretSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("FOREST_RPC_URI must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("url_prefix")
+    @classmethod
+    def _prefix_shape(cls, value: str) -> str:
+        return normalised_url_prefix(value)
 
     def route_url(self, route: str) -> str:
         """The full URL of one agent route, e.g. `route_url("health")`."""

@@ -38,7 +38,7 @@ class WatchedAgent:
         name: str | None = None,
     ) -> None:
         self.policy = policy
-        self.endpoint = AgentEndpoint.from_health_url(
+        self.endpoint = AgentEndpoint.for_agent(
             url, auth_secret, scheme=signature_scheme, timeout=float(policy.timeout)
         )
         if self.endpoint.secret_is_short:

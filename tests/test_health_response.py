@@ -83,13 +83,50 @@ def test_date_header_does_not_matter_on_success() -> None:
     assert result.kind is ProbeKind.OK
 
 
+def test_degraded_is_a_success_non_critical_checks_failing_still_serve() -> None:
+    result = classify_health_response(200, health_body(status="degraded"), None, LOCAL_NOW)
+    assert result.kind is ProbeKind.OK
+    assert result.instance_id == "3f1c9e2a"
+
+
+def test_unavailable_is_a_not_ready_failure_naming_the_failing_checks() -> None:
+    body = json.dumps(
+        {
+            "status": "unavailable",
+            "instance_id": "3f1c9e2a",
+            "checks": {
+                "database": {"status": "failing", "reason": "timeout", "since": "x"},
+                "cache": {"status": "ok", "reason": None, "since": "x"},
+            },
+        }
+    ).encode()
+    result = classify_health_response(503, body, None, LOCAL_NOW)
+    assert result.kind is ProbeKind.FAILED
+    assert result.reason is FailureReason.NOT_READY
+    assert result.cause == "HTTP 503: agent not ready (database: timeout)"
+
+
+def test_unavailable_while_starting_names_the_reason() -> None:
+    body = b'{"status": "unavailable", "reason": "starting", "instance_id": "x"}'
+    result = classify_health_response(503, body, None, LOCAL_NOW)
+    assert result.reason is FailureReason.NOT_READY
+    assert result.cause == "HTTP 503: agent not ready (starting)"
+
+
+def test_a_404_names_the_path_and_the_prefix_settings() -> None:
+    result = classify_health_response(404, b"<h1>Not Found</h1>", None, LOCAL_NOW, "/api/health")
+    assert result.reason is FailureReason.HTTP_STATUS
+    assert result.cause.startswith("HTTP 404: no agent route at /api/health")
+    assert "FOREST_URL_PREFIX" in result.cause
+
+
 # --- 2xx failures -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     "body",
     [
-        pytest.param(health_body(status="degraded"), id="status-not-ok"),
+        pytest.param(health_body(status="starting"), id="status-unknown"),
         pytest.param(health_body(status="OK"), id="status-upper-case"),
         pytest.param(without("status"), id="no-status"),
         pytest.param(health_body(instance_id=42), id="instance-id-int"),
@@ -311,7 +348,7 @@ def test_401_out_of_window_with_unreadable_date_still_classifies(date: str | Non
         pytest.param(200, b"<html>", FailureReason.BAD_BODY, id="bad-json"),
         pytest.param(200, b"", FailureReason.BAD_BODY, id="empty-json"),
         pytest.param(200, b"[1, 2]", FailureReason.BAD_BODY, id="json-not-object"),
-        pytest.param(200, health_body(status="degraded"), FailureReason.BAD_BODY, id="not-ok"),
+        pytest.param(200, health_body(status="busy"), FailureReason.BAD_BODY, id="not-ok"),
         pytest.param(200, without("instance_id"), FailureReason.BAD_BODY, id="no-instance-id"),
         pytest.param(
             503, health_body(status="shutting_down"), FailureReason.SHUTTING_DOWN, id="503-shut"

@@ -268,3 +268,16 @@ def test_variable_is_not_repeated_when_the_message_already_names_it() -> None:
 
     assert described.count(SECRET_VAR) == 1
     assert "Value error" not in described
+
+
+@pytest.mark.parametrize("prefix", ["api/forest/", "/api/forest/", "/a b"])
+def test_the_datasource_refuses_a_malformed_prefix_in_one_line_naming_it(prefix: str) -> None:
+    from rpc_datasource.settings import DatasourceSettings
+
+    with pytest.raises(ValidationError) as caught:
+        DatasourceSettings(
+            rpc_uri="http://127.0.0.1:5001", auth_secret=TEST_SECRET, url_prefix=prefix
+        )
+    line = describe_validation_error(caught.value)
+    assert "\n" not in line
+    assert "url_prefix" in line and "FOREST_URL_PREFIX" in line
