@@ -69,16 +69,23 @@ def not_found_hint(target: str) -> str:
     )
 
 
+def failing_checks(body: dict[str, Any]) -> dict[str, str]:
+    """The readiness checks the health body reports failing, each with its reason."""
+    checks = body.get("checks")
+    if not isinstance(checks, dict):
+        return {}
+    return {
+        str(name): str(check.get("reason") or "failing")
+        for name, check in checks.items()
+        if isinstance(check, dict) and check.get("status") == "failing"
+    }
+
+
 def _not_ready_cause(status: int, body: dict[str, Any]) -> str:
     """`HTTP 503: agent not ready (database: timeout)`: the failing checks, or the reason."""
-    checks = body.get("checks")
-    failing = []
-    if isinstance(checks, dict):
-        for name, check in checks.items():
-            if isinstance(check, dict) and check.get("status") == "failing":
-                failing.append(f"{name}: {check.get('reason') or 'failing'}")
+    failing = "; ".join(f"{name}: {reason}" for name, reason in failing_checks(body).items())
     reason = body.get("reason")
-    detail = "; ".join(failing) or (reason if isinstance(reason, str) else "unavailable")
+    detail = failing or (reason if isinstance(reason, str) else "unavailable")
     return f"HTTP {status}: agent not ready ({detail[:300]})"
 
 
@@ -111,4 +118,7 @@ def classify_health_response(
             FailureReason.BAD_BODY, f"HTTP {status} with a body that is not the health JSON"
         )
     etag = parsed.get("schema_etag")
-    return ProbeResult.ok(instance_id, etag if isinstance(etag, str) else None)
+    degraded = tuple(failing_checks(parsed)) if parsed.get("status") == "degraded" else ()
+    if parsed.get("status") == "degraded" and not degraded:
+        degraded = ("unnamed",)
+    return ProbeResult.ok(instance_id, etag if isinstance(etag, str) else None, degraded)

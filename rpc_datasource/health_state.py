@@ -37,10 +37,22 @@ class ProbeResult:
     schema_etag: str | None = None
     cause: str = ""
     reason: FailureReason | None = None
+    # For a success, the checks the agent reports failing: not empty means "degraded".
+    failing_checks: tuple[str, ...] = ()
 
     @classmethod
-    def ok(cls, instance_id: str, schema_etag: str | None = None) -> ProbeResult:
-        return cls(ProbeKind.OK, instance_id=instance_id, schema_etag=schema_etag)
+    def ok(
+        cls,
+        instance_id: str,
+        schema_etag: str | None = None,
+        failing_checks: tuple[str, ...] = (),
+    ) -> ProbeResult:
+        return cls(
+            ProbeKind.OK,
+            instance_id=instance_id,
+            schema_etag=schema_etag,
+            failing_checks=failing_checks,
+        )
 
     @classmethod
     def failed(cls, reason: FailureReason, cause: str) -> ProbeResult:
@@ -53,6 +65,11 @@ class ProbeResult:
     @property
     def succeeded(self) -> bool:
         return self.kind is ProbeKind.OK
+
+    @property
+    def degraded(self) -> bool:
+        """Serving, with some non-critical readiness checks failing."""
+        return self.succeeded and bool(self.failing_checks)
 
 
 class Action(Flag):

@@ -61,6 +61,8 @@ async def signed_get(
                 return AgentResponse(reply.status, kept, body, time.monotonic() - started)
     except TimeoutError:
         raise AgentRequestError(FailureReason.TIMEOUT, f"timed out after {deadline:g} s") from None
+    except aiohttp.ClientSSLError as error:
+        raise AgentRequestError(FailureReason.CONNECTION, _tls_message(error)) from None
     except aiohttp.ClientConnectorDNSError as error:
         raise AgentRequestError(FailureReason.DNS, f"name lookup failed: {error}") from None
     except aiohttp.ClientConnectorError as error:
@@ -92,6 +94,16 @@ async def _read_capped(reply: aiohttp.ClientResponse, max_bytes: int) -> bytes:
             reply.close()
             raise too_large
     return bytes(body)
+
+
+def _tls_message(error: aiohttp.ClientSSLError) -> str:
+    """`TLS failed (WRONG_VERSION_NUMBER): ...`: the TLS cause, which errno 1 would hide."""
+    cause = getattr(error, "os_error", None) or error.__cause__
+    reason = getattr(cause, "reason", None) or type(error).__name__
+    hint = ""
+    if reason == "WRONG_VERSION_NUMBER":
+        hint = ": the agent answers plain HTTP here (use an http:// URI)"
+    return f"TLS failed ({reason}){hint}"
 
 
 def _os_message(error: BaseException) -> str:

@@ -1,0 +1,7 @@
+"""`python -m rpc_datasource`: the `forest-rpc` command."""
+
+import sys
+
+from rpc_datasource.cli import main
+
+sys.exit(main())
