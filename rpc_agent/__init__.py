@@ -6,5 +6,15 @@ from rpc_agent.extension import RpcAgent
 from rpc_agent.schema import SchemaProvider
 from rpc_agent.settings import AgentSettings
 from rpc_common.settings import ConfigurationError
+from rpc_common.version import package_version
 
-__all__ = ["AgentCore", "AgentSettings", "ConfigurationError", "RpcAgent", "SchemaProvider"]
+__version__ = package_version()
+
+__all__ = [
+    "AgentCore",
+    "AgentSettings",
+    "ConfigurationError",
+    "RpcAgent",
+    "SchemaProvider",
+    "__version__",
+]

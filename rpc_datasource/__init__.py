@@ -1,6 +1,7 @@
 """The RPC datasource: watches an agent's health and keeps its schema fresh."""
 
 from rpc_common.settings import ConfigurationError
+from rpc_common.version import package_version
 from rpc_datasource.datasource import RpcDatasource
 from rpc_datasource.endpoint import AgentEndpoint
 from rpc_datasource.events import (
@@ -19,6 +20,8 @@ from rpc_datasource.schema_fetch import SchemaFetchError
 from rpc_datasource.settings import DatasourceSettings
 from rpc_datasource.stats import HealthStats
 
+__version__ = package_version()
+
 __all__ = [
     "AgentEndpoint",
     "ConfigurationError",
@@ -33,6 +36,7 @@ __all__ = [
     "SchemaEvent",
     "SchemaFetchError",
     "SchemaOutcome",
+    "__version__",
     "get_probe_hooks",
     "get_schema_hooks",
     "set_probe_hooks",
