@@ -2,9 +2,10 @@
 
 It runs the same `HealthWatcher` coroutine as the threaded client, on the application's own
 running loop instead of the engine thread, with an aiohttp session of its own or the one the
-application passes in. Callbacks may be plain functions (run in a worker thread, so they
-never block the loop) or coroutine functions (awaited on the loop); either way they run one
-at a time, in order.
+application passes in. Callbacks may be plain functions (run on a daemon thread of the
+client's own, never the loop's default executor, so a blocked one neither slows the
+application's loop nor holds its exit) or coroutine functions (awaited on the loop); either
+way they run one at a time, in order.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from types import TracebackType
 import aiohttp
 
 from rpc_common.signing import SignatureScheme
-from rpc_datasource.engine import new_session
+from rpc_datasource.daemon_threads import DaemonThreadPool
+from rpc_datasource.engine import CALLBACK_THREAD_PREFIX, new_session
 from rpc_datasource.events import ProbeEvent, ProbeHook
 from rpc_datasource.policy import ProbeMode, ProbePolicy
 from rpc_datasource.probe import ProbeOutcome, probe_health
@@ -80,6 +82,7 @@ class AsyncHealthCheckClient(WatchedAgent):
         self._session: aiohttp.ClientSession | None = None
         self._pending: asyncio.Queue[tuple[str, AsyncCallback]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._callback_threads = DaemonThreadPool(CALLBACK_THREAD_PREFIX)
 
     async def start(self) -> None:
         """Begin watching on the running loop (idempotent; a stopped client stays stopped)."""
@@ -100,6 +103,7 @@ class AsyncHealthCheckClient(WatchedAgent):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._callback_threads.shutdown()
         if self._session is not None and self._given_session is None:
             await self._session.close()
 
@@ -132,7 +136,7 @@ class AsyncHealthCheckClient(WatchedAgent):
                 if inspect.iscoroutinefunction(callback):
                     await callback()
                 else:
-                    await asyncio.to_thread(callback)
+                    await asyncio.wrap_future(self._callback_threads.submit(callback))
             except Exception:
                 logger.exception("%s callback for %s raised; carrying on", what, self.url)
             except (SystemExit, KeyboardInterrupt) as error:

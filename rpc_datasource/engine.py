@@ -1,8 +1,10 @@
 """The watcher engine: one asyncio loop on one thread, shared by every running client.
 
 It owns the loop, one aiohttp `ClientSession` for every probe and schema request, and the
-small executor that user callbacks run on (never the loop). The first client to start
-starts it; the last one to stop closes the session and joins the loop's thread.
+pool of daemon threads that user callbacks run on (never the loop). Name lookups run on the
+loop too (c-ares), so a resolver that hangs holds no thread and delays no other agent. The
+first client to start starts it; the last one to stop closes the session and joins the
+loop's thread.
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import aiohttp
+from aiohttp.resolver import DefaultResolver, ThreadedResolver
+
+from rpc_datasource.daemon_threads import DaemonThreadPool
 
 logger = logging.getLogger(__name__)
 
 ENGINE_THREAD_NAME = "rpc-health-engine"
-RESOLVER_THREAD_PREFIX = "rpc-health-resolver"
 CALLBACK_THREAD_PREFIX = "rpc-callback"
-RESOLVER_THREADS = 2
-CALLBACK_THREADS = 4
+# How long a looked-up address is reused: lookups are per name, not per probe.
+DNS_CACHE_TTL_S = 10
 # Below the idle close of common servers (the project's runner 15 s, uvicorn's default 5 s
 # and gunicorn's 2 s are the odd ones out:
 # aiohttp then retries an idempotent GET once on a connection the server has just closed).
@@ -32,9 +36,22 @@ STOP_WAIT_S = 0.5
 T = TypeVar("T")
 
 
+def check_resolver() -> None:
+    """Warn once when aiohttp would look names up on threads (aiodns is missing)."""
+    if DefaultResolver is ThreadedResolver:
+        logger.warning("aiodns is not installed: name lookups run on threads (pip install aiodns)")
+
+
 def new_session() -> aiohttp.ClientSession:
-    """The engine's session: keep-alive, no limits of its own, no proxy or netrc from the env."""
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=KEEPALIVE_S)
+    """A session of ours: keep-alive, no limits of its own, no proxy or netrc from the
+    environment; with aiodns installed, aiohttp's default resolver looks names up on the loop
+    (c-ares), and the connector caches them."""
+    connector = aiohttp.TCPConnector(
+        limit=0,
+        limit_per_host=0,
+        keepalive_timeout=KEEPALIVE_S,
+        ttl_dns_cache=DNS_CACHE_TTL_S,
+    )
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=None),
@@ -48,16 +65,7 @@ class Engine:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        # Name lookups (getaddrinfo) run on this bounded pool; IP literals need none. The
-        # loop's close() shuts it down without waiting, so a stuck lookup never holds a stop.
-        self.loop.set_default_executor(
-            concurrent.futures.ThreadPoolExecutor(
-                RESOLVER_THREADS, thread_name_prefix=RESOLVER_THREAD_PREFIX
-            )
-        )
-        self.callback_executor = concurrent.futures.ThreadPoolExecutor(
-            CALLBACK_THREADS, thread_name_prefix=CALLBACK_THREAD_PREFIX
-        )
+        self.callback_executor = DaemonThreadPool(CALLBACK_THREAD_PREFIX)
         self._session: aiohttp.ClientSession | None = None
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name=ENGINE_THREAD_NAME, daemon=True)
@@ -99,7 +107,7 @@ class Engine:
 
     def stop(self) -> None:
         """Cancel what runs, close the session, end the loop; joins its thread unless on it."""
-        self.callback_executor.shutdown(wait=False, cancel_futures=True)
+        self.callback_executor.shutdown()
         if self.on_loop_thread():
             self.loop.create_task(self._shutdown())
             return
@@ -109,6 +117,7 @@ class Engine:
             logger.warning("the engine's thread did not end within %.1f s", STOP_WAIT_S * 2)
 
     def _run(self) -> None:
+        check_resolver()
         asyncio.set_event_loop(self.loop)
         self._session = self.loop.run_until_complete(self._open_session())
         self._ready.set()

@@ -7,15 +7,21 @@ peers that each receive the same frozen event, in the order they were given.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
 from typing import TypeVar
 
+from rpc_common.log_limit import LogRateLimiter
 from rpc_datasource.health_state import Action, FailureReason, HealthState, ProbeResult
 
 logger = logging.getLogger(__name__)
+
+# A hook that takes longer than this on the loop is named in a (rate-limited) WARNING.
+SLOW_HOOK_S = 0.1
+_slow_hooks_logged = LogRateLimiter(burst=3, per_second=1 / 60)
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,7 @@ def deliver_schema(event: SchemaEvent, hooks: Iterable[SchemaHook]) -> None:
 def _deliver(event: Event, groups: Iterable[Iterable[Callable[[Event], None]]]) -> None:
     for group in groups:
         for hook in group:
+            started = time.perf_counter()
             try:
                 hook(event)
             except Exception:
@@ -132,6 +139,26 @@ def _deliver(event: Event, groups: Iterable[Iterable[Callable[[Event], None]]]) 
                     event.client,
                     exc_info=True,
                 )
+            _warn_if_slow(hook, time.perf_counter() - started, event)
+
+
+def _warn_if_slow(
+    hook: Callable[..., None], took_s: float, event: ProbeEvent | SchemaEvent
+) -> None:
+    """A hook that held the loop past `SLOW_HOOK_S` delayed every agent's probes: say which."""
+    if took_s <= SLOW_HOOK_S:
+        return
+    dropped = _slow_hooks_logged.admit()
+    if dropped is not None:
+        logger.warning(
+            "%s hook %r blocked the event loop for %.0f ms on %s, delaying every agent's "
+            "probes: hooks must be quick (slow work belongs in a callback)%s",
+            _kind(event),
+            hook,
+            took_s * 1000,
+            event.client,
+            f" ({dropped} more slow hook calls not logged)" if dropped else "",
+        )
 
 
 def _kind(event: ProbeEvent | SchemaEvent) -> str:

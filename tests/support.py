@@ -160,18 +160,10 @@ def live_server(app: Flask, port: int = 0) -> Iterator[LiveServer]:
 
 @contextmanager
 def unresolvable_name(monkeypatch: MonkeyPatch) -> Iterator[str]:
-    """`agent.invalid` (RFC 6761: never resolves), answered "no such name" by a stand-in for
-    `socket.getaddrinfo` (what aiohttp's threaded resolver calls), so that no query leaves."""
-    real_getaddrinfo = socket.getaddrinfo
-    looked_up: list[str] = []
+    """`agent.invalid` (RFC 6761: never resolves), answered "no such name" by a name server
+    on 127.0.0.1 that the datasource's resolver asks instead of the system's: no query leaves."""
+    from tests.local_dns import local_name_server, resolving_through
 
-    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
-        name = host.decode() if isinstance(host, bytes) else str(host)
-        if name.rstrip(".").endswith(".invalid"):
-            looked_up.append(name)
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    yield f"agent.invalid:{free_port()}"
-    assert looked_up, "the client never asked the stand-in resolver"
+    with local_name_server() as names, resolving_through(names, monkeypatch):
+        yield f"agent.invalid:{free_port()}"
+        assert names.queries("agent.invalid"), "the client never asked the local name server"

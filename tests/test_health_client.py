@@ -379,7 +379,7 @@ def failing_health_app(view: Callable[[], Any]) -> Flask:
         (lambda: jsonify(hello="world"), "health JSON"),
         (lambda: jsonify(status="ok"), "health JSON"),  # no instance_id
         (lambda: jsonify(status="ok", instance_id=42), "health JSON"),
-        (lambda: jsonify(status="degraded", instance_id="x"), "health JSON"),
+        (lambda: jsonify(status="warming_up", instance_id="x"), "health JSON"),
         (lambda: Response("OK", mimetype="text/plain"), "JSON"),
         (lambda: jsonify(["status", "ok"]), "JSON"),
     ],
