@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -48,6 +49,7 @@ class HealthState:
     status_code: int
     etag: str
     schema_etag: str
+    schema_error: str | None
     body_head: bytes  # the JSON body up to the uptime's value
 
     def body(self, uptime_s: float) -> bytes:
@@ -74,7 +76,10 @@ class AgentCore:
         self.settings = settings if settings is not None else load_agent_settings()
         self.health_watch = HealthWatch(self.settings.health_max_watchers)
         self.schema_cache = SchemaCache(
-            schema_provider or empty_schema, on_change=self.health_watch.notify
+            schema_provider or empty_schema,
+            timeout=self.settings.schema_provider_timeout,
+            refresh_interval=self.settings.schema_refresh_interval,
+            on_change=self.health_watch.notify,
         )
         self.sse_manager = SseConnectionManager()
         self.instance_id = server_process.server_instance_id()
@@ -113,9 +118,11 @@ class AgentCore:
         self.health_watch.notify()
         self.sse_manager.end_current()
 
-    def schema_changed(self) -> None:
-        """Tell held watches to look at the schema again (after the app changed it)."""
-        self.schema_cache.current()
+    def schema_changed(self) -> Future[bool]:
+        """Read the schema provider again, in the background (after the app changed its
+        schema); the future says whether the schema changed. Held watches are answered when
+        it did."""
+        return self.schema_cache.refresh()
 
     def uptime_s(self) -> float:
         return time.monotonic() - self._started
@@ -123,17 +130,21 @@ class AgentCore:
     def health_state(self) -> HealthState:
         """The current health state; rebuilt only when the shutdown or the schema moved."""
         _, schema_etag = self.schema_cache.current()
+        schema_error = self.schema_cache.error
         shutting_down = self.shutting_down
         state = self._health
         if (
             state is None
             or state.schema_etag != schema_etag
+            or state.schema_error != schema_error
             or (state.status_code == 503) != shutting_down
         ):
-            state = self._health = self._build_health(schema_etag, shutting_down)
+            state = self._health = self._build_health(schema_etag, schema_error, shutting_down)
         return state
 
-    def _build_health(self, schema_etag: str, shutting_down: bool) -> HealthState:
+    def _build_health(
+        self, schema_etag: str, schema_error: str | None, shutting_down: bool
+    ) -> HealthState:
         status = "shutting_down" if shutting_down else "ok"
         fields = {
             "status": status,
@@ -141,11 +152,14 @@ class AgentCore:
             "instance_id": self.instance_id,
             "schema_etag": schema_etag,
         }
+        if schema_error is not None:
+            fields["schema_error"] = schema_error
         head = json.dumps(fields, separators=(",", ":"))[:-1] + ',"uptime_s":'
         return HealthState(
             status_code=503 if shutting_down else 200,
             etag=health_etag(status, self.instance_id, schema_etag),
             schema_etag=schema_etag,
+            schema_error=schema_error,
             body_head=head.encode(),
         )
 

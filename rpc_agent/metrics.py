@@ -47,7 +47,12 @@ class AgentStateCollector(Collector):
         # Agents of one server share its instance_id: one sample each.
         for instance_id, version in sorted({(a.instance_id, a.version) for a in agents}):
             info.add_metric([instance_id, version], {})
-        yield from (held, streams, stopping, info)
+        schema_error = GaugeMetricFamily(
+            "forest_agent_schema_error",
+            "1 while the last call of the schema provider failed (the last good schema is served).",
+        )
+        schema_error.add_metric([], any(agent.schema_cache.error for agent in agents))
+        yield from (held, streams, stopping, schema_error, info)
 
 
 def _open_streams(agent: AgentCore) -> int:

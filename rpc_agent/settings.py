@@ -21,6 +21,10 @@ class AgentSettings(AuthSecretSettings):
     health_max_wait: float = Field(default=30.0, ge=0, le=3_600)
     health_max_watchers: int = Field(default=8, ge=0, le=100_000)
     shutdown_drain_seconds: float = Field(default=1.0, ge=0, le=600)
+    schema_refresh_interval: float | None = Field(
+        default=None, gt=0, le=86_400, description="Seconds between background schema reads."
+    )
+    schema_provider_timeout: float = Field(default=5.0, gt=0, le=600)
 
     @field_validator("url_prefix")
     @classmethod

@@ -659,6 +659,7 @@ async def test_schema_etag_moves_with_the_schema() -> None:
     middleware = wrapped(schema_provider=lambda: schemas[-1])
     first = await call(middleware, SCHEMA)
     schemas.append(SCHEMA_B)
+    assert await asyncio.wrap_future(middleware.agent.schema_changed())
     second = await call(middleware, SCHEMA)
     assert second.json() == SCHEMA_B
     assert second.headers["etag"] != first.headers["etag"]

@@ -360,7 +360,7 @@ def reordered(value: Any) -> Any:
 
 def test_etag_changes_when_and_only_when_the_content_changes() -> None:
     current: dict[str, Any] = {"schema": PRODUCTS_SCHEMA}
-    _, _, client = make_agent(schema_provider=lambda: current["schema"])
+    _, agent, client = make_agent(schema_provider=lambda: current["schema"])
 
     def fetch() -> tuple[Any, str, str]:
         response = get_signed(client, "/forest/rpc-schema")
@@ -374,6 +374,7 @@ def test_etag_changes_when_and_only_when_the_content_changes() -> None:
     migrated = reordered(PRODUCTS_SCHEMA)
     migrated["collections"][0]["fields"].append({"field": "price", "type": "Number"})
     current["schema"] = migrated
+    assert agent.schema_changed().result(timeout=5)
     body, migrated_etag, health_etag = fetch()
     assert body == migrated
     assert migrated_etag != original_etag
@@ -384,6 +385,7 @@ def test_etag_changes_when_and_only_when_the_content_changes() -> None:
     shuffled = reordered(PRODUCTS_SCHEMA)
     assert list(shuffled) != list(PRODUCTS_SCHEMA)
     current["schema"] = shuffled
+    assert agent.schema_changed().result(timeout=5)  # back to the original content
     body, shuffled_etag, health_etag = fetch()
     assert body == PRODUCTS_SCHEMA
     assert shuffled_etag == original_etag

@@ -219,6 +219,7 @@ def test_health_etag_is_the_token_of_the_state_and_moves_with_it() -> None:
         assert first.headers["ETag"] == second.headers["ETag"]
 
         schemas.append(SCHEMA_B)
+        assert served.agent.schema_changed().result(timeout=5)
         migrated = get(served, HEALTH_PATH)
         assert_health(migrated, served.agent)
 

@@ -130,6 +130,11 @@ class Agents:
 
         self.servers.append(start_server(app, self.port))
 
+    def change_schema(self, schema: dict[str, Any]) -> None:
+        """The running app's schema changes, and it tells its agent (`schema_changed()`)."""
+        self.holder["schema"] = schema
+        self.agent.schema_changed().result(timeout=10)
+
     def stop(self) -> None:
         self.servers[-1].stop()
 
@@ -436,7 +441,7 @@ def test_schema_change_on_a_running_agent_reloads_once(
     old_etag = datasource.schema_etag
     wait_for_probes(datasource, 1)
 
-    agents.holder["schema"] = migrated_schema()
+    agents.change_schema(migrated_schema())
     assert recorder.changed.wait(DEADLINE)
     wait_for_probes(datasource, 5)
 
@@ -455,7 +460,7 @@ def test_one_reload_for_a_change_announced_by_several_signals(
     wait_for_probes(datasource, 1)
 
     # The running agent's schema_etag announces the migration first...
-    agents.holder["schema"] = migrated_schema()
+    agents.change_schema(migrated_schema())
     assert recorder.changed.wait(DEADLINE)
     # ...then an outage and a restart (recovery and a new instance_id) announce it again.
     agents.stop()
@@ -503,7 +508,7 @@ def test_raising_schema_callback_is_logged_and_polling_goes_on(
     wait_for_probes(datasource, 1)
 
     with caplog.at_level(logging.ERROR):
-        agents.holder["schema"] = migrated_schema()
+        agents.change_schema(migrated_schema())
         assert called.wait(DEADLINE)
         wait_for_probes(datasource, 3)
 
@@ -515,7 +520,7 @@ def test_raising_schema_callback_is_logged_and_polling_goes_on(
 
     # Polling went on: the next change is still noticed and announced.
     called.clear()
-    agents.holder["schema"] = products_schema("price", "stock")
+    agents.change_schema(products_schema("price", "stock"))
     assert called.wait(DEADLINE)
     assert calls == [migrated_schema(), products_schema("price", "stock")]
     assert datasource.reloads == 2
@@ -538,7 +543,7 @@ def large_schema(tables: int, columns: int) -> dict[str, Any]:
 def test_a_schema_of_a_1_4_mb_warehouse_is_read_with_the_default_cap(
     agents: Agents, open_datasource: OpenDatasource
 ) -> None:
-    agents.holder["schema"] = large_schema(700, 26)
+    agents.change_schema(large_schema(700, 26))
     datasource, _ = open_datasource()
     assert len(datasource.collections) == 700
     assert datasource.schema == agents.holder["schema"]
@@ -547,7 +552,7 @@ def test_a_schema_of_a_1_4_mb_warehouse_is_read_with_the_default_cap(
 def test_a_schema_over_its_cap_is_one_error_naming_the_cap_and_the_setting(
     agents: Agents,
 ) -> None:
-    agents.holder["schema"] = large_schema(20, 26)
+    agents.change_schema(large_schema(20, 26))
     settings = DatasourceSettings(
         rpc_uri=agents.url, auth_secret=TEST_SECRET, schema_max_bytes=4096
     )
@@ -568,7 +573,7 @@ def test_a_failing_schema_request_is_one_warning_not_a_traceback_per_probe(
     wait_for_probes(datasource, 1)
 
     agents.fail_schema_requests = True
-    agents.holder["schema"] = migrated_schema()  # a new schema_etag: a fetch is due
+    agents.change_schema(migrated_schema())  # a new schema_etag: a fetch is due
     assert wait_until(lambda: len(agents.schema_requests) >= 4)
     warnings = [
         r for r in caplog.records if r.levelno == logging.WARNING and "schema" in r.getMessage()
