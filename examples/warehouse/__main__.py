@@ -9,6 +9,7 @@ from examples.warehouse.app import create_app
 from examples.warehouse.cli import parse_arguments, settings_or_none
 from rpc_agent.extension import EXTENSION_KEY
 from rpc_agent.serving import serve_agent_until_signalled
+from rpc_common.settings import ConfigurationError
 
 logger = logging.getLogger("examples.warehouse")
 
@@ -19,7 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_or_none("warehouse")
     if settings is None:
         return 2
-    app = create_app(args.db, settings)
+    try:
+        app = create_app(args.db, settings)
+    except ConfigurationError as error:  # the schema provider refused at start
+        print(f"warehouse: {error}", file=sys.stderr)
+        return 2
     agent = app.extensions[EXTENSION_KEY]
     logger.info("schema ETag %s, instance %s", agent.schema_cache.current()[1], agent.instance_id)
     try:
