@@ -89,7 +89,10 @@ class RpcDatasource:
         assert fetched is not None, "an unconditional GET never answers 304"
         self._schema = fetched.schema
         self._etag = fetched.etag
-        self._refresh = SchemaRefreshDecision(fetched.etag)
+        self._refresh = SchemaRefreshDecision(
+            fetched.etag, min_fetch_gap_s=settings.health_check_interval
+        )
+        self._warned_disagreement: tuple[str, str] | None = None
         self._fetching: asyncio.Task[None] | None = None
         self.reloads = 0
         self._report(SchemaOutcome.LOADED, fetched.etag)
@@ -195,12 +198,35 @@ class RpcDatasource:
 
     def _on_probe(self, event: ProbeEvent) -> None:
         """A probe hook, on the engine's loop: start a schema fetch when one is due."""
-        if self._closed or not self._refresh.wants_fetch(event):
+        if self._closed:
+            return
+        wanted = self._refresh.wants_fetch(event, asyncio.get_running_loop().time())
+        self._warn_of_disagreement()
+        if not wanted:
             return
         if self._fetching is not None and not self._fetching.done():
             self._refresh.ask_again()
             return
         self._fetching = asyncio.get_running_loop().create_task(self._fetch_and_apply())
+
+    def _warn_of_disagreement(self) -> None:
+        """One WARNING per pair of ETags that one `instance_id` alternates between."""
+        pair = self._refresh.disagreeing
+        if pair is None or pair == self._warned_disagreement:
+            return
+        if self._warned_disagreement is not None and set(pair) == set(self._warned_disagreement):
+            return
+        self._warned_disagreement = pair
+        logger.warning(
+            "%s: one instance_id answers two schemas in turn (ETags %s and %s): workers of one "
+            "server serve different schemas, most likely some started before a migration and "
+            "some after; restart the server so that every worker loads the same schema "
+            "(reloading at most once every %g s until then)",
+            self.name,
+            pair[0],
+            pair[1],
+            self._refresh.min_fetch_gap_s,
+        )
 
     async def _fetch_and_apply(self) -> None:
         """Fetch the schema if its ETag moved; swap it in and notify only if it changed."""

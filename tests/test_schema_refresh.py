@@ -330,3 +330,46 @@ def test_property_with_fetches_that_succeed_nothing_is_asked_without_a_reason(
         if asked:
             # The agent serves the schema it advertises: the fetch brings that ETag.
             agent.decision.fetched(result.schema_etag)
+
+
+# --- workers that disagree ----------------------------------------------------------------
+
+
+def alternate(agent: Agent, etags: list[str], gap: float) -> list[bool]:
+    """Feed probes of one instance advertising `etags` in turn, `gap` s apart; each fetch
+    asked for ends with the advertised ETag loaded, as the datasource's would."""
+    asked = []
+    for number, etag in enumerate(etags):
+        wanted = agent.decision.wants_fetch(agent.event(ok(etag=etag)), now=number * gap)
+        if wanted:
+            agent.decision.fetched(etag)
+        asked.append(wanted)
+    return asked
+
+
+def test_one_instance_alternating_two_etags_is_named_and_fetched_once_per_interval() -> None:
+    agent = Agent(loaded_etag="etag-1")
+    agent.decision.min_fetch_gap_s = 1.0
+    asked = alternate(agent, ["etag-1", "etag-2"] * 3 + ["etag-1"], 0.25)
+    # etag-2 is new: fetched at once (0.25 s). etag-1 again: the workers disagree; the next
+    # fetch waits out the interval from the last one: etag-1 at 1.5 s is the first to go.
+    assert set(agent.decision.disagreeing or ()) == {"etag-1", "etag-2"}
+    assert asked == [False, True, False, False, False, False, True]
+
+
+def test_a_single_change_that_stays_is_fetched_at_once_and_is_no_disagreement() -> None:
+    agent = Agent(loaded_etag="etag-1")
+    agent.decision.min_fetch_gap_s = 30.0
+    asked = alternate(agent, ["etag-1", "etag-2", "etag-2", "etag-3", "etag-3"], 0.1)
+    assert asked == [False, True, False, True, False]
+    assert agent.decision.disagreeing is None
+
+
+def test_a_new_instance_id_clears_the_disagreement_and_is_fetched_at_once() -> None:
+    agent = Agent(loaded_etag="etag-1")
+    agent.decision.min_fetch_gap_s = 30.0
+    alternate(agent, ["etag-1", "etag-2", "etag-1"], 0.1)
+    assert agent.decision.disagreeing is not None
+    redeployed = agent.event(ok(instance_id="instance-b", etag="etag-3"))
+    assert agent.decision.wants_fetch(redeployed, now=0.4)
+    assert agent.decision.disagreeing is None
