@@ -41,15 +41,19 @@ class HealthWatch:
 
     def __init__(self, max_watchers: int) -> None:
         self.max_watchers = max_watchers
+        # Set once a server's glue (a gunicorn hook, the waitress recipe) gave its share.
+        self.capped_by_server = False
         self._changed = threading.Condition()
         self._generation = 0
         self._held = 0
         self._wakers: set[Callable[[], None]] = set()
 
     def cap(self, most: int) -> None:
-        """Hold at most `most` requests from now on (fewer than the setting allows)."""
+        """Hold at most `most` requests from now on (fewer than the setting allows): the
+        share of a threaded server's request threads that its glue allows."""
         with self._changed:
             self.max_watchers = min(self.max_watchers, most)
+            self.capped_by_server = True
 
     @property
     def held(self) -> int:
@@ -71,12 +75,13 @@ class HealthWatch:
         for wake in wakers:
             wake()
 
-    def hold(self, seconds: float, generation: int) -> bool:
+    def hold(self, seconds: float, generation: int, most: int | None = None) -> bool:
         """Block the calling thread up to `seconds` unless a `notify()` came after
-        `generation`; False, at once, when over the bound."""
+        `generation`; False, at once, when over the bound (and over `most`, if given)."""
         deadline = time.monotonic() + seconds
+        limit = self.max_watchers if most is None else min(most, self.max_watchers)
         with self._changed:
-            if self._held >= self.max_watchers:
+            if self._held >= limit:
                 return False
             self._held += 1
             try:

@@ -72,11 +72,29 @@ def agent_request(environ: WSGIEnvironment, body: bytes) -> AgentRequest:
     )
 
 
+# Servers that start a thread for each request: a held watch takes no thread from the app.
+THREAD_PER_REQUEST_SERVERS = ("Werkzeug/",)
+# Held at once under a thread pool of a size nobody told us.
+UNKNOWN_POOL_HOLDS = 1
+
+
+def hold_bound(environ: WSGIEnvironment, capped_by_server: bool) -> int | None:
+    """How many watches a request thread of this server may hold at once, besides the
+    setting: no more bound where the server's glue set its share (the gunicorn hook, the
+    waitress recipe) or the server starts a thread per request; one where the pool's size is
+    unknown, so watches never take an unknown server's threads."""
+    software = str(environ.get("SERVER_SOFTWARE", ""))
+    if capped_by_server or software.startswith(THREAD_PER_REQUEST_SERVERS):
+        return None
+    return UNKNOWN_POOL_HOLDS
+
+
 class RpcAgentMiddleware(AgentMiddlewareBase["WSGIApplication"]):
     """Wraps a WSGI app with the agent; `.agent` is its `AgentCore` (`begin_shutdown()`).
 
     A held watch holds a server thread, so watches are held only under a threaded server
-    (`wsgi.multithread`); a single-threaded worker answers them at once.
+    (`wsgi.multithread`), on a bounded share of its threads (see `hold_bound`); a
+    single-threaded worker answers them at once.
     """
 
     app: WSGIApplication
@@ -101,9 +119,10 @@ class RpcAgentMiddleware(AgentMiddlewareBase["WSGIApplication"]):
         return self._send(outcome, environ, start_response)
 
     def _hold(self, hold: HoldHealth, environ: WSGIEnvironment) -> Reply:
+        watch = self.agent.health_watch
         if not environ.get("wsgi.multithread"):
             logger.debug("single-threaded server: answering a health watch at once")
-        elif self.agent.health_watch.hold(hold.seconds, hold.generation):
+        elif watch.hold(hold.seconds, hold.generation, hold_bound(environ, watch.capped_by_server)):
             logger.debug("held a health watch for up to %g s", hold.seconds)
         else:
             self.routes.held_over_bound()

@@ -31,15 +31,15 @@ ALL_EXTRA_MODULES = [
     "rpc_agent.metrics",
 ]
 
-# Shipped but never imported here, as it needs a distribution no extra installs (gunicorn is
-# the user's choice of server): only its presence is checked, with find_spec.
-PRESENT_ONLY = ["rpc_agent.gunicorn"]
+# Shipped but never imported here, as each needs a distribution no extra installs (gunicorn
+# and waitress are the user's choice of server): only their presence is checked, with find_spec.
+PRESENT_ONLY = ["rpc_agent.gunicorn", "rpc_agent.waitress"]
 
 # Left out when a profile imports every module of a package.
 NOT_WALKED = {*PRESENT_ONLY, *ALL_EXTRA_MODULES}
 
-# Distributions no profile may install: gunicorn is the user's choice of server.
-NEVER = ["gunicorn"]
+# Distributions no profile may install: gunicorn and waitress are the user's choice of server.
+NEVER = ["gunicorn", "waitress"]
 
 
 @dataclass

@@ -168,3 +168,20 @@ def test_a_bare_question_mark_is_no_query(client: Client) -> None:
         HEALTH, headers=signed(HEALTH), environ_overrides={"RAW_URI": HEALTH + "?"}
     )
     assert response.status_code == 200
+
+
+def test_held_watches_take_one_thread_at_most_of_a_pool_of_unknown_size() -> None:
+    from rpc_agent.wsgi import hold_bound
+
+    assert hold_bound({"SERVER_SOFTWARE": "SomeServer/1.0"}, capped_by_server=False) == 1
+    assert hold_bound({}, capped_by_server=False) == 1
+    # The server's glue gave its share (gunicorn gthread, waitress): the setting and the cap.
+    assert hold_bound({"SERVER_SOFTWARE": "waitress"}, capped_by_server=True) is None
+    # A thread per request: a held watch takes no thread from the app.
+    assert hold_bound({"SERVER_SOFTWARE": "Werkzeug/3.1.3"}, capped_by_server=False) is None
+
+
+def test_the_waitress_share_is_half_its_threads() -> None:
+    from rpc_agent.waitress import held_watch_share
+
+    assert [held_watch_share(threads) for threads in (1, 2, 4, 16)] == [0, 1, 2, 8]
