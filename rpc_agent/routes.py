@@ -16,7 +16,8 @@ from rpc_agent.core import AgentCore, HealthState
 from rpc_agent.health_watch import BadWait, parse_wait
 from rpc_agent.schema import SchemaProvider
 from rpc_agent.settings import AgentSettings
-from rpc_common.log_limit import LogRateLimiter
+from rpc_common import log_limit
+from rpc_common.log_limit import clipped, dropped_note
 from rpc_common.signing import VerificationFailure, verify_request
 
 logger = logging.getLogger(__name__)
@@ -127,8 +128,6 @@ class AgentRoutes:
         self.agent = agent
         prefix = agent.settings.url_prefix
         self._paths = {prefix + route.value: route for route in Route}
-        # Anyone can send unsigned requests: their lines must not flood the log.
-        self._refusals_logged = LogRateLimiter(burst=10, per_second=1.0)
 
     def match(self, path: str) -> Route | None:
         """The agent's route at `path`, or None for a path the wrapped app serves."""
@@ -149,15 +148,15 @@ class AgentRoutes:
         )
         if failure is None:
             return None
-        dropped = self._refusals_logged.admit()
+        dropped = log_limit.ANONYMOUS_CLIENT_LINES.admit()
         if dropped is not None:
             logger.warning(
-                "refused %s %.200r from %s: %s%s",
-                request.method,
-                request.target.partition("?")[0],
+                "refused %s %s from %s: %s%s",
+                clipped(request.method, 16),
+                clipped(request.target.partition("?")[0], 200),
                 request.client,
                 failure,
-                f" ({dropped} more refused requests not logged)" if dropped else "",
+                dropped_note(dropped),
             )
         return failure
 

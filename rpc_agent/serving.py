@@ -3,15 +3,19 @@ SIGTERM/SIGINT.
 
 The agent's routes are answered by the ASGI middleware on uvicorn's event loop, and the app's
 own routes by the WSGI app on a2wsgi's thread pool. A connection costs no thread until a whole
-request has arrived, so idle or slowly trickling connections (slowloris), however many, can't
-starve the agent or the app; held watches and SSE streams are coroutines. On the stop signal
-the agent's shutdown begins at once (health 503, held watches and the SSE stream answered),
-the server keeps serving for `shutdown_drain_seconds`, then stops, and the process exits 0.
+request has arrived, and one whose headers are not whole within 10 s, or that sends over 100
+header fields, is closed (`rpc_agent.http_protocol`), so idle, slowly trickling (slowloris)
+or bloated requests, however many, can't starve the agent or the app; the open files limit
+is raised to its hard limit at start; held watches and SSE streams are coroutines. On the
+stop signal the agent's shutdown begins at once (health 503, held watches and the SSE stream
+answered), the server keeps serving for `shutdown_drain_seconds`, then stops, and the
+process exits 0.
 """
 
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import socket
 from collections.abc import Iterator
@@ -24,6 +28,8 @@ from a2wsgi import WSGIMiddleware
 
 from rpc_agent.asgi import ASGIApp, RpcAgentMiddleware
 from rpc_agent.core import AgentCore
+from rpc_agent.http_protocol import GuardedHttpToolsProtocol
+from rpc_common.log_limit import AnonymousLinesFilter
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -58,6 +64,32 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+# uvicorn's warnings about requests any client can send: rate-limited with the agent's refusals.
+INVALID_REQUEST_LINES = ("Invalid HTTP request received.", "Unsupported upgrade request.")
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit of open files to the hard one (a common soft 1024 is exhausted
+    by 1,000 idle connections); the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as error:
+            logger.warning("cannot raise the open files limit from %d to %d: %s", soft, hard, error)
+            return soft
+        logger.debug("open files limit raised from %d to %d", soft, hard)
+        return hard
+    return soft
+
+
+def quiet_invalid_requests() -> None:
+    """Put uvicorn's invalid-request warnings through the rate limit of anonymous lines."""
+    server_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(each, AnonymousLinesFilter) for each in server_log.filters):
+        server_log.addFilter(AnonymousLinesFilter(INVALID_REQUEST_LINES))
+
+
 def _ignore(_signum: int, _frame: FrameType | None) -> None:
     """uvicorn raises the stop signal again once it has stopped gracefully: exit normally."""
 
@@ -76,9 +108,12 @@ def serve_asgi_until_signalled(app: ASGIApp, host: str, port: int) -> None:
     """Serve an ASGI app on uvicorn until SIGTERM or SIGINT, then exit normally (an agent's
     ASGI middleware begins its shutdown and drains at the signal). `OSError` when the port
     can't be bound."""
+    raise_open_files_limit()
+    quiet_invalid_requests()
     sock = listening_socket(host, port)
     config = uvicorn.Config(
         app,
+        http=GuardedHttpToolsProtocol,
         lifespan="on",
         log_config=None,
         access_log=False,

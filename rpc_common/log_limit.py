@@ -1,11 +1,14 @@
-"""A rate limit for log lines anyone can cause (refused requests): a token bucket that counts
-what it drops (pure, on an injected clock)."""
+"""A rate limit for log lines anyone can cause (refused requests, invalid HTTP): a token
+bucket that counts what it drops (pure, on an injected clock), the one bucket a process
+shares for such lines, a logging filter that puts a server's own lines through it, and
+`clipped` to bound what a peer sent in a line."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 
 class LogRateLimiter:
@@ -41,3 +44,44 @@ class LogRateLimiter:
             self._tokens -= 1.0
             dropped, self._dropped = self._dropped, 0
             return dropped
+
+
+# Every line an anonymous client can cause in this process (the agent's refusals, the HTTP
+# server's warnings about invalid requests) takes a token of this one bucket, so that together
+# they stay at 10 at once, then 1 a second. Read at each use: a test may put in its own.
+ANONYMOUS_CLIENT_LINES = LogRateLimiter(burst=10, per_second=1.0)
+
+
+def dropped_note(dropped: int) -> str:
+    """What a line let through adds about the lines dropped before it ("" when none)."""
+    return f" ({dropped} more lines caused by clients not logged)" if dropped else ""
+
+
+def clipped(text: str, limit: int) -> str:
+    """`text` quoted (`repr`), cut to its first `limit` characters and then giving its whole
+    length: a log line carries a bounded amount of what a peer sent, escaped."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+class AnonymousLinesFilter(logging.Filter):
+    """On a server's logger (`uvicorn.error`): its records whose message is one of `messages`
+    (lines any client can cause, such as "Invalid HTTP request received.") go through
+    `ANONYMOUS_CLIENT_LINES`; the others pass untouched."""
+
+    def __init__(self, messages: Iterable[str]) -> None:
+        super().__init__()
+        self.messages = frozenset(messages)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for a line dropped; a line let through says how many were dropped before."""
+        if not isinstance(record.msg, str) or record.msg not in self.messages:
+            return True
+        dropped = ANONYMOUS_CLIENT_LINES.admit()
+        if dropped is None:
+            return False
+        if dropped:
+            record.msg = record.getMessage() + dropped_note(dropped)
+            record.args = ()
+        return True

@@ -53,7 +53,13 @@ def test_a_bound_out_of_range_is_refused(burst: int, rate: float) -> None:
         LogRateLimiter(burst=burst, per_second=rate)
 
 
-def test_a_flood_of_unsigned_requests_logs_a_few_lines(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_flood_of_unsigned_requests_logs_a_few_lines(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rpc_common import log_limit
+
+    # The process's one bucket, fresh: other tests in this process may have drawn on it.
+    monkeypatch.setattr(log_limit, "ANONYMOUS_CLIENT_LINES", LogRateLimiter(10, 1.0))
     middleware = RpcAgentMiddleware(
         lambda environ, start_response: [], AgentSettings(auth_secret=TEST_SECRET)
     )
@@ -64,3 +70,33 @@ def test_a_flood_of_unsigned_requests_logs_a_few_lines(caplog: pytest.LogCapture
     lines = [record for record in caplog.records if record.name == "rpc_agent.routes"]
     assert 10 <= len(lines) <= 20, len(lines)
     assert all("missing_headers" in line.getMessage() for line in lines)
+
+
+def test_clipped_bounds_what_a_peer_sent_and_says_how_long_it_was() -> None:
+    from rpc_common.log_limit import clipped
+
+    assert clipped("GET", 16) == "'GET'"
+    assert clipped("G" * 70_000, 16) == "'GGGGGGGGGGGGGGGG'... (70000 characters)"
+
+
+def test_a_servers_invalid_request_lines_share_the_anonymous_bucket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rpc_common import log_limit
+
+    clock = Clock()
+    monkeypatch.setattr(
+        log_limit, "ANONYMOUS_CLIENT_LINES", LogRateLimiter(burst=2, per_second=1.0, clock=clock)
+    )
+    line_filter = log_limit.AnonymousLinesFilter(["Invalid HTTP request received."])
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.error", logging.WARNING, "", 0, message, (), None)
+
+    assert line_filter.filter(record("something else")) is True
+    let_through = [line_filter.filter(record("Invalid HTTP request received.")) for _ in range(5)]
+    assert let_through == [True, True, False, False, False]
+    clock.now += 1.0
+    later = record("Invalid HTTP request received.")
+    assert line_filter.filter(later) is True
+    assert later.getMessage().endswith("(3 more lines caused by clients not logged)")
