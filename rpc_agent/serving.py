@@ -131,16 +131,21 @@ def serve_asgi_until_signalled(app: ASGIApp, host: str, port: int) -> None:
     logger.info("stopped")
 
 
+def asgi_app(app: WSGIApplication, agent: AgentCore | None = None) -> ASGIApp:
+    """A WSGI app as an ASGI one: its own routes on a2wsgi's threads, `agent`'s (if given)
+    answered in front of it on the event loop (for the runner and ASGI workers)."""
+    wsgi_on_threads: ASGIApp = WSGIMiddleware(app, workers=APP_THREADS)  # type: ignore[arg-type,assignment]
+    if agent is None:
+        return wsgi_on_threads
+    return RpcAgentMiddleware(wsgi_on_threads, agent=agent)
+
+
 def serve_until_signalled(
     app: WSGIApplication, host: str, port: int, *, agent: AgentCore | None = None
 ) -> None:
     """Serve a WSGI app on a2wsgi's threads, with `agent`'s routes answered in front of it on
     the event loop if given, until SIGTERM or SIGINT (see `serve_asgi_until_signalled`)."""
-    wsgi_on_threads: ASGIApp = WSGIMiddleware(app, workers=APP_THREADS)  # type: ignore[arg-type,assignment]
-    asgi_app = (
-        RpcAgentMiddleware(wsgi_on_threads, agent=agent) if agent is not None else wsgi_on_threads
-    )
-    serve_asgi_until_signalled(asgi_app, host, port)
+    serve_asgi_until_signalled(asgi_app(app, agent), host, port)
 
 
 def serve_agent_until_signalled(

@@ -23,9 +23,13 @@ Handler = Callable[[int, FrameType | None], object] | int | None
 
 
 def shutdown_of(agent: AgentCore) -> Callable[[], float]:
-    """A `begin` for one agent: begins its shutdown, gives its drain."""
+    """A `begin` for one agent: begins its shutdown and gives its drain; or, when a reload
+    replaces this worker while the server lives on, steps aside at once."""
 
     def begin() -> float:
+        if server_process.replaced_by_a_newer_start(agent):
+            agent.step_aside()
+            return 0.0
         agent.begin_shutdown()
         return agent.settings.shutdown_drain_seconds
 

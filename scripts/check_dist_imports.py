@@ -33,13 +33,13 @@ ALL_EXTRA_MODULES = [
 
 # Shipped but never imported here, as each needs a distribution no extra installs (gunicorn
 # and waitress are the user's choice of server): only their presence is checked, with find_spec.
-PRESENT_ONLY = ["rpc_agent.gunicorn", "rpc_agent.waitress"]
+PRESENT_ONLY = ["rpc_agent.gunicorn", "rpc_agent.gunicorn_uvicorn", "rpc_agent.waitress"]
 
 # Left out when a profile imports every module of a package.
 NOT_WALKED = {*PRESENT_ONLY, *ALL_EXTRA_MODULES}
 
 # Distributions no profile may install: gunicorn and waitress are the user's choice of server.
-NEVER = ["gunicorn", "waitress"]
+NEVER = ["gunicorn", "waitress", "uvicorn-worker"]
 
 
 @dataclass

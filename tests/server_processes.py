@@ -70,6 +70,7 @@ class ServerKind:
     worker_class: str | None = None  # gunicorn's -k; None: uvicorn
     threads: int = 4  # gthread's --threads
     preload: bool = False  # gunicorn's --preload: the app is loaded in the master
+    app_factory: str = "create_app"  # the warehouse factory gunicorn loads
 
     @property
     def is_gunicorn(self) -> bool:
@@ -109,7 +110,7 @@ class ServerKind:
             "-",
             "--access-logformat",
             GUNICORN_ACCESS_FORMAT,
-            f"examples.warehouse:create_app({str(db_path)!r})",
+            f"examples.warehouse:{self.app_factory}({str(db_path)!r})",
         ]
 
 
@@ -117,9 +118,18 @@ GUNICORN_GTHREAD = ServerKind(
     "gunicorn-gthread", workers=2, holds_watches=True, worker_class="gthread"
 )
 GUNICORN_SYNC = ServerKind("gunicorn-sync", workers=2, holds_watches=False, worker_class="sync")
+GUNICORN_UVICORN = ServerKind(
+    "gunicorn-uvicorn",
+    workers=2,
+    holds_watches=True,
+    worker_class="rpc_agent.gunicorn_uvicorn.UvicornWorker",
+    app_factory="create_asgi_app",
+)
 UVICORN = ServerKind("uvicorn-fastapi", workers=1, holds_watches=True)
-ALL_KINDS = (GUNICORN_GTHREAD, GUNICORN_SYNC, UVICORN)
-GUNICORN_KINDS = (GUNICORN_GTHREAD, GUNICORN_SYNC)
+ALL_KINDS = (GUNICORN_GTHREAD, GUNICORN_SYNC, GUNICORN_UVICORN, UVICORN)
+GUNICORN_KINDS = (GUNICORN_GTHREAD, GUNICORN_SYNC, GUNICORN_UVICORN)
+# Whose access log names the worker that answered (gunicorn's format; uvicorn's has no pid).
+PID_LOGGING_GUNICORN_KINDS = (GUNICORN_GTHREAD, GUNICORN_SYNC)
 
 
 def server_env(settings: dict[str, str] | None = None) -> dict[str, str]:

@@ -1,5 +1,6 @@
-"""The runner (the warehouse: uvicorn on httptools, the agent in front) under anonymous hostile
-load: a legitimate master sees no outage, and the log stays bounded."""
+"""The runner (the warehouse: uvicorn on httptools, the agent in front) and gunicorn with the
+recommended ASGI workers under anonymous hostile load: a legitimate master sees no outage,
+and the log stays bounded."""
 
 from __future__ import annotations
 
@@ -46,15 +47,32 @@ def low_open_files_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (SOFT_OPEN_FILES, hard))
 
 
-@pytest.fixture
-def runner(tmp_path: Path) -> Iterator[Runner]:
+def runner_command(port: int, db: Path) -> list[str]:
+    """The warehouse on the project's runner."""
+    return [sys.executable, "-m", "examples.warehouse", "--port", str(port), "--db", str(db)]
+
+
+def gunicorn_uvicorn_command(port: int, db: Path) -> list[str]:
+    """The warehouse under gunicorn with the recommended ASGI workers."""
+    return [
+        *(sys.executable, "-m", "gunicorn", "-c", "python:rpc_agent.gunicorn"),
+        *("--no-control-socket", "-w", "2", "-b", f"127.0.0.1:{port}"),
+        *("-k", "rpc_agent.gunicorn_uvicorn.UvicornWorker"),
+        f"examples.warehouse:create_asgi_app({str(db)!r})",
+    ]
+
+
+@pytest.fixture(
+    params=[runner_command, gunicorn_uvicorn_command], ids=["runner", "gunicorn-uvicorn"]
+)
+def runner(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Runner]:
     port = free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("FOREST_")}
     env["FOREST_AUTH_SECRET"] = TEST_SECRET
     log_path, db = tmp_path / "warehouse.log", tmp_path / "w.db"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "examples.warehouse", "--port", str(port), "--db", str(db)],
+            request.param(port, db),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

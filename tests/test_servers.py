@@ -23,6 +23,7 @@ from tests.server_processes import (
     ALL_KINDS,
     GUNICORN_KINDS,
     HEALTH,
+    PID_LOGGING_GUNICORN_KINDS,
     SCHEMA,
     SSE,
     UVICORN,
@@ -102,7 +103,7 @@ def answers_from_every_worker(server: RunningServer, count: int) -> tuple[list[I
 # --- one instance_id per server ------------------------------------------------------------
 
 
-@on_servers(*GUNICORN_KINDS)
+@on_servers(*PID_LOGGING_GUNICORN_KINDS)
 def test_every_worker_answers_the_instance_id_the_master_announced(server: RunningServer) -> None:
     ids, workers = answers_from_every_worker(server, 20)
 
@@ -115,7 +116,7 @@ def test_every_worker_answers_the_instance_id_the_master_announced(server: Runni
     assert schema_etag == server.get(SCHEMA).headers["ETag"]
 
 
-@each_kind(*GUNICORN_KINDS)
+@each_kind(*PID_LOGGING_GUNICORN_KINDS)
 def test_a_restarted_server_answers_a_new_instance_id(kind: ServerKind, tmp_path: Path) -> None:
     db_path, logs = tmp_path / "warehouse.db", tmp_path / "logs"
     with running_server(kind, db_path, logs, settings=NO_DRAIN) as first:
@@ -144,7 +145,7 @@ def by_aiohttp(line: LoggedRequest) -> bool:
     return "aiohttp" in (line.agent or "")
 
 
-@on_servers(*GUNICORN_KINDS)
+@on_servers(*PID_LOGGING_GUNICORN_KINDS)
 def test_a_polling_datasource_asks_for_the_schema_only_once(server: RunningServer) -> None:
     assert not [line for line in server.access_log() if by_aiohttp(line)], "used before"
     probes_wanted = 1 + round(POLL_FOR_S / POLL_INTERVAL_S)
