@@ -1,4 +1,5 @@
-"""The agent under waitress (the README's recipe): held watches leave the app its threads,
+"""The agent under waitress (the README's recipe, as `python -m examples.warehouse --server
+waitress` runs it): held watches leave the app its threads,
 and SIGTERM is a graceful stop (503, held watches answered, RpcServerStop, exit 0)."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import requests
 from tests.server_processes import HeldWatch, SseStream
 from tests.support import TEST_SECRET, free_port, signed, wait_until
 
+WAREHOUSE_ON_WAITRESS = [sys.executable, "-m", "examples.warehouse", "--server", "waitress"]
 LONG_WAIT_S = 20.0
 PROMPT_S = 2.0  # an app request answered well before any watch's wait runs out
 
@@ -46,7 +48,7 @@ def waitress_server(tmp_path: Path) -> Iterator[Waitress]:
     log_path = tmp_path / "waitress.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.waitress_app", str(port), str(tmp_path / "w.db")],
+            [*WAREHOUSE_ON_WAITRESS, "--port", str(port), "--db", str(tmp_path / "w.db")],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

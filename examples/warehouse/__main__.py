@@ -1,4 +1,5 @@
-"""`python -m examples.warehouse --host H --port P --db PATH`: serve the warehouse."""
+"""`python -m examples.warehouse --host H --port P --db PATH [--server waitress]`: serve the
+warehouse."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 
 from examples.warehouse.app import create_app
 from examples.warehouse.cli import parse_arguments, settings_or_none
+from rpc_agent import waitress
 from rpc_agent.extension import EXTENSION_KEY
 from rpc_agent.serving import serve_agent_until_signalled
 from rpc_common.settings import ConfigurationError
@@ -16,7 +18,7 @@ logger = logging.getLogger("examples.warehouse")
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, load settings from the environment, serve until signalled."""
-    args = parse_arguments("examples.warehouse", __doc__, argv)
+    args = parse_arguments("examples.warehouse", __doc__, argv, choose_server=True)
     settings = settings_or_none("warehouse")
     if settings is None:
         return 2
@@ -28,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     agent = app.extensions[EXTENSION_KEY]
     logger.info("schema ETag %s, instance %s", agent.schema_cache.current()[1], agent.instance_id)
     try:
-        serve_agent_until_signalled(app, agent, args.host, args.port)
+        if args.server == "waitress":
+            waitress.serve(app, agent=agent, host=args.host, port=args.port)
+        else:
+            serve_agent_until_signalled(app, agent, args.host, args.port)
     except OSError as error:
         print(f"warehouse: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
         return 1

@@ -14,14 +14,22 @@ from rpc_common.settings import ConfigurationError
 
 
 def parse_arguments(
-    prog: str, description: str | None, argv: list[str] | None
+    prog: str, description: str | None, argv: list[str] | None, *, choose_server: bool = False
 ) -> argparse.Namespace:
-    """The warehouse's arguments; logging is configured at the level asked."""
+    """The warehouse's arguments (`--server` too, for a WSGI app that may run on either);
+    logging is configured at the level asked."""
     parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=description)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5001)
     parser.add_argument("--db", type=Path, default=Path("warehouse.db"))
     parser.add_argument("--log-level", default="INFO")
+    if choose_server:
+        parser.add_argument(
+            "--server",
+            choices=("runner", "waitress"),
+            default="runner",
+            help="the project's runner (uvicorn), or waitress with the agent's graceful stop",
+        )
     arguments = parser.parse_args(argv)
     configure_logging(arguments.log_level)
     return arguments
