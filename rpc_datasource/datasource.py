@@ -7,7 +7,7 @@ import atexit
 import logging
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -19,11 +19,13 @@ from rpc_datasource.endpoint import AgentEndpoint
 from rpc_datasource.engine import Engine, shared_engine
 from rpc_datasource.events import (
     ProbeEvent,
+    ProbeHook,
     SchemaEvent,
     SchemaOutcome,
     deliver_schema,
 )
 from rpc_datasource.health_client import Callback, HealthCheckClient
+from rpc_datasource.policy import ProbeMode
 from rpc_datasource.probe_logging import SchemaLog
 from rpc_datasource.schema_diff import diff_schemas
 from rpc_datasource.schema_fetch import FetchedSchema, SchemaFetchError, fetch_schema
@@ -63,6 +65,7 @@ class RpcDatasource:
         on_schema_change: SchemaCallback | None = None,
         on_server_down: Callback | None = None,
         on_server_recovered: Callback | None = None,
+        hooks: Sequence[ProbeHook] = (),
         name: str | None = None,
     ) -> None:
         self.settings = settings
@@ -100,7 +103,7 @@ class RpcDatasource:
             settings,
             on_server_down=on_server_down,
             on_server_recovered=on_server_recovered,
-            hooks=(self._on_probe,),
+            hooks=(self._on_probe, *hooks),
             name=self.name,
         )
         _open_datasources.add(self)
@@ -115,27 +118,41 @@ class RpcDatasource:
         health_check_failure_threshold: int | None = None,
         on_schema_change: SchemaCallback | None = None,
         *,
+        timeout: float | None = None,
         health_check_timeout: float | None = None,
+        recovery_threshold: int | None = None,
+        mode: ProbeMode | None = None,
+        watch_wait: float | None = None,
         signature_scheme: SignatureScheme | None = None,
         url_prefix: str | None = None,
+        schema_max_bytes: int | None = None,
         on_server_down: Callback | None = None,
         on_server_recovered: Callback | None = None,
+        hooks: Sequence[ProbeHook] = (),
         settings: DatasourceSettings | None = None,
         name: str | None = None,
     ) -> RpcDatasource:
         """Read the schema once (a `SchemaFetchError` names the URL and cause) and start watching.
 
-        Arguments left out come from `settings`, else from `FOREST_*` environment variables.
-        `name` is what logs, hooks and metrics call the agent (the `uri` when not given).
+        Every setting of `DatasourceSettings` is an argument here (`timeout`,
+        `recovery_threshold`, `mode`, `watch_wait` are the short names of the
+        `health_check_*` ones); those left out come from `settings`, else from `FOREST_*`
+        environment variables. `hooks` get each probe's event. `name` is what logs, hooks and
+        metrics call the agent (the `uri` when not given). `uri` is the agent's base URI; one
+        that already ends in the health route works too.
         """
         overrides = {
             "rpc_uri": uri,
             "auth_secret": auth_secret,
             "health_check_interval": health_check_interval,
             "health_check_failure_threshold": health_check_failure_threshold,
-            "health_check_timeout": health_check_timeout,
+            "health_check_timeout": timeout if timeout is not None else health_check_timeout,
+            "health_check_recovery_threshold": recovery_threshold,
+            "health_check_mode": mode,
+            "health_check_watch_wait": watch_wait,
             "signature_scheme": signature_scheme,
             "url_prefix": url_prefix,
+            "schema_max_bytes": schema_max_bytes,
         }
         given = {name: value for name, value in overrides.items() if value is not None}
         if settings is not None:
@@ -150,6 +167,7 @@ class RpcDatasource:
             on_schema_change=on_schema_change,
             on_server_down=on_server_down,
             on_server_recovered=on_server_recovered,
+            hooks=hooks,
             name=name,
         )
 

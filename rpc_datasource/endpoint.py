@@ -77,9 +77,10 @@ class AgentEndpoint:
     @classmethod
     def from_settings(cls, settings: DatasourceSettings) -> AgentEndpoint:
         """The endpoint that `FOREST_RPC_URI`, `FOREST_URL_PREFIX` and the rest describe."""
-        return cls(
-            settings.rpc_uri + settings.url_prefix,
+        return cls.for_agent(
+            settings.rpc_uri,
             settings.auth_secret.get_secret_value(),
+            url_prefix=settings.url_prefix,
             scheme=settings.signature_scheme,
             timeout=settings.health_check_timeout,
             schema_max_bytes=settings.schema_max_bytes,

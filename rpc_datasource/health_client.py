@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from rpc_common.signing import SignatureScheme
 from rpc_datasource.callbacks import OrderedCallbacks
+from rpc_datasource.endpoint import AgentEndpoint
 from rpc_datasource.engine import Engine, Spawned, new_session, shared_engine
 from rpc_datasource.events import ProbeEvent, ProbeHook
 from rpc_datasource.health_state import ProbeResult
@@ -88,9 +89,9 @@ class HealthCheckClient(WatchedAgent):
         on_server_recovered: Callback | None = None,
         **options: Any,
     ) -> HealthCheckClient:
-        """A client for `settings.health_url()` with the settings' interval, threshold, timeout."""
+        """A client for the agent and with the probe settings that `settings` describe."""
         return cls(
-            settings.health_url(),
+            AgentEndpoint.from_settings(settings).health_url,
             settings.auth_secret.get_secret_value(),
             polling_interval=settings.health_check_interval,
             failure_threshold=settings.health_check_failure_threshold,

@@ -14,6 +14,7 @@ import requests
 from rpc_datasource import (
     ConfigurationError,
     DatasourceSettings,
+    ProbeEvent,
     RpcDatasource,
     SchemaFetchError,
 )
@@ -618,3 +619,34 @@ def test_context_manager_closes(agents: Agents) -> None:
     assert datasource.closed
     assert datasource.health.closed
     assert wait_until(lambda: not library_threads(), 5.0), library_threads()
+
+
+def test_build_takes_every_setting_as_an_argument(agents: Agents) -> None:
+    seen: list[ProbeEvent] = []
+    datasource = RpcDatasource.build(
+        uri=agents.url + "/forest/health",  # a URI ending in the health route works too
+        auth_secret=TEST_SECRET,
+        health_check_interval=0.2,
+        health_check_failure_threshold=4,
+        timeout=1.5,
+        recovery_threshold=2,
+        mode="watch",
+        watch_wait=3.0,
+        signature_scheme="v1",
+        url_prefix="/forest",
+        schema_max_bytes=4096,
+        hooks=[seen.append],
+        name="warehouse",
+    )
+    try:
+        policy = datasource.health.policy
+        assert (policy.polling_interval, policy.failure_threshold) == (0.2, 4)
+        assert (policy.timeout, policy.recovery_threshold) == (1.5, 2)
+        assert (policy.mode, policy.watch_wait) == ("watch", 3.0)
+        assert datasource.endpoint.scheme == "v1"
+        assert datasource.endpoint.schema_max_bytes == 4096
+        assert datasource.collections == products_schema()["collections"]
+        assert wait_until(lambda: bool(seen), 10.0)
+        assert seen[0].client == "warehouse"
+    finally:
+        datasource.close()

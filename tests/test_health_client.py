@@ -663,6 +663,7 @@ def test_a_changed_schema_etag_shows_in_the_next_events(
         assert {event.result.schema_etag for event in events} == {old_etag}
 
         schema = {"collections": [{"name": "products", "fields": []}], "charts": []}
+        assert agent.schema_changed().result(timeout=5)
         new_etag = agent.health_body()["schema_etag"]
         assert new_etag != old_etag
         assert wait_until(lambda: events[-1].result.schema_etag == new_etag)
