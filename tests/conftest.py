@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from rpc_agent import server_process
 from tests.support import library_threads, wait_until
 from tests.test_warehouse import Warehouse, running_warehouse
 
@@ -19,6 +21,13 @@ def _no_forest_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.upper().startswith("FOREST_"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def _no_server_start_announced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No `instance_id` announced by a gunicorn hook that an earlier test of this process
+    called: each test starts as a process that no server has forked."""
+    monkeypatch.setattr(server_process, "_latest_announced", mmap.mmap(-1, 32))
 
 
 @pytest.fixture(autouse=True)
