@@ -9,7 +9,6 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,19 +19,9 @@ from rpc_agent.schema import SchemaCache, SchemaProvider, canonical_json, empty_
 from rpc_agent.settings import AgentSettings
 from rpc_agent.sse import SseConnectionManager
 from rpc_common.settings import ConfigurationError, describe_validation_error
+from rpc_common.version import package_version
 
 logger = logging.getLogger(__name__)
-
-DISTRIBUTION = "forest-rpc-pair"
-
-
-def package_version() -> str:
-    """The installed distribution's version, or a marker when running from a bare checkout."""
-    try:
-        return metadata.version(DISTRIBUTION)
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
-
 
 def load_agent_settings() -> AgentSettings:
     """Settings from the environment; a refused value is a one-line `ConfigurationError`."""

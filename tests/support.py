@@ -3,12 +3,15 @@ polling, free ports and the library's threads."""
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, jsonify
@@ -156,6 +159,45 @@ def live_server(app: Flask, port: int = 0) -> Iterator[LiveServer]:
         yield running
     finally:
         running.stop()
+
+
+def answers_signed_health(url: str) -> bool:
+    """Whether the agent at `url` (its base URI) answers a signed health probe with 2xx."""
+    import requests
+
+    try:
+        headers = signed(HEALTH_PATH)
+        return requests.get(url + HEALTH_PATH, headers=headers, timeout=2).ok
+    except requests.ConnectionError:
+        return False
+
+
+@contextmanager
+def running_process(
+    command: list[str],
+    port: int,
+    env: dict[str, str],
+    log_path: Path,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server started as a process (its output to `log_path`), once it answers signed
+    health on `port`; on the way out SIGTERM, then a kill if it has not exited in 10 s."""
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=preexec_fn
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert wait_until(lambda: answers_signed_health(url), 20.0), log_path.read_text()
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @contextmanager

@@ -21,10 +21,11 @@ from prometheus_client import CollectorRegistry
 from werkzeug.test import Client
 
 from rpc_agent import server_process
-from rpc_agent.core import AgentCore, package_version
+from rpc_agent.core import AgentCore
 from rpc_agent.events import AgentRequestEvent, get_request_hooks, set_request_hooks
 from rpc_agent.metrics import AgentMetrics, instrument, uninstrument
 from rpc_common.signing import signed_headers
+from rpc_common.version import package_version
 from tests.support import OTHER_SECRET, TEST_SECRET, signed
 from tests.test_agent_asgi import (
     LONG_INTERVAL,

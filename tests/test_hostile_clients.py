@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
-import signal
 import socket
 import subprocess
 import sys
@@ -18,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 
 from rpc_agent.http_protocol import HEADERS_DEADLINE_S
 from rpc_datasource import HealthCheckClient
-from tests.support import TEST_SECRET, free_port, signed, wait_until
+from tests.support import TEST_SECRET, free_port, running_process, wait_until
 
 SOFT_OPEN_FILES = 1024  # the common default the runner must not be bound by
 
@@ -71,33 +69,10 @@ def runner(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Runner]:
     env = {name: value for name, value in os.environ.items() if not name.startswith("FOREST_")}
     env["FOREST_AUTH_SECRET"] = TEST_SECRET
     log_path, db = tmp_path / "warehouse.log", tmp_path / "w.db"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            request.param(port, db),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            preexec_fn=low_open_files_limit,
-        )
-    running = Runner(process, port, log_path, 2 if request.param is gunicorn_uvicorn_command else 1)
-
-    def ready() -> bool:
-        try:
-            headers = signed("/forest/health")
-            return requests.get(running.url + "/forest/health", headers=headers, timeout=2).ok
-        except requests.ConnectionError:
-            return False
-
-    try:
-        assert wait_until(ready, 20.0), log_path.read_text()
-        yield running
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    workers = 2 if request.param is gunicorn_uvicorn_command else 1
+    command = request.param(port, db)
+    with running_process(command, port, env, log_path, low_open_files_limit) as process:
+        yield Runner(process, port, log_path, workers)
 
 
 @dataclass

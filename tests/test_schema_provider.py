@@ -4,7 +4,6 @@ start in one line), then in the background; health and schema answer from memory
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ import requests
 from rpc_agent import AgentCore, AgentSettings, ConfigurationError
 from rpc_agent.schema import SchemaProviderError, validated_schema
 from rpc_datasource import HealthCheckClient
-from tests.support import TEST_SECRET, free_port, signed, wait_until
+from tests.support import TEST_SECRET, free_port, running_process, signed, wait_until
 
 GOOD = {"collections": [], "charts": []}
 P99_BOUND_S = 0.050
@@ -113,7 +112,7 @@ def test_the_refresh_interval_picks_a_change_up_without_a_call() -> None:
 class ProviderApp:
     """A real data server (the project's runner) whose provider the test switches."""
 
-    process: subprocess.Popen[str]
+    process: subprocess.Popen[bytes]
     port: int
     mode_file: Path
     log_path: Path
@@ -146,32 +145,9 @@ def provider_app(tmp_path: Path) -> Iterator[ProviderApp]:
         FOREST_SCHEMA_REFRESH_INTERVAL="0.2",
         FOREST_SCHEMA_PROVIDER_TIMEOUT="1",
     )
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tests.provider_app", str(port), str(mode_file)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            text=True,
-        )
-    app = ProviderApp(process, port, mode_file, log_path)
-    try:
-
-        def ready() -> bool:
-            try:
-                return app.health().status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        assert wait_until(ready, 20.0), app.log()
-        yield app
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    command = [sys.executable, "-m", "tests.provider_app", str(port), str(mode_file)]
+    with running_process(command, port, env, log_path) as process:
+        yield ProviderApp(process, port, mode_file, log_path)
 
 
 def p99_of_health(app: ProviderApp) -> float:

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from tests.server_processes import HeldWatch, SseStream
-from tests.support import TEST_SECRET, free_port, signed, wait_until
+from tests.support import TEST_SECRET, free_port, running_process, signed, wait_until
 
 WAREHOUSE_ON_WAITRESS = [sys.executable, "-m", "examples.warehouse", "--server", "waitress"]
 LONG_WAIT_S = 20.0
@@ -46,28 +46,9 @@ def waitress_server(tmp_path: Path) -> Iterator[Waitress]:
     env = {name: value for name, value in os.environ.items() if not name.startswith("FOREST_")}
     env.update(FOREST_AUTH_SECRET=TEST_SECRET, FOREST_SHUTDOWN_DRAIN_SECONDS="0.5")
     log_path = tmp_path / "waitress.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [*WAREHOUSE_ON_WAITRESS, "--port", str(port), "--db", str(tmp_path / "w.db")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    server = Waitress(process, port, log_path)
-
-    def ready() -> bool:
-        try:
-            return server.health().status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    try:
-        assert wait_until(ready, 20.0), log_path.read_text()
-        yield server
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
+    command = [*WAREHOUSE_ON_WAITRESS, "--port", str(port), "--db", str(tmp_path / "w.db")]
+    with running_process(command, port, env, log_path) as process:
+        yield Waitress(process, port, log_path)
 
 
 def test_four_masters_watching_leave_the_app_its_threads(waitress_server: Waitress) -> None:
