@@ -35,8 +35,11 @@ ALL_EXTRA_MODULES = [
 # and waitress are the user's choice of server): only their presence is checked, with find_spec.
 PRESENT_ONLY = ["rpc_agent.gunicorn", "rpc_agent.gunicorn_uvicorn", "rpc_agent.waitress"]
 
+# Run, not imported: `python -m rpc_datasource` is the forest-rpc command.
+ENTRY_POINTS = ["rpc_datasource.__main__"]
+
 # Left out when a profile imports every module of a package.
-NOT_WALKED = {*PRESENT_ONLY, *ALL_EXTRA_MODULES}
+NOT_WALKED = {*PRESENT_ONLY, *ALL_EXTRA_MODULES, *ENTRY_POINTS}
 
 # Distributions no profile may install: gunicorn and waitress are the user's choice of server.
 NEVER = ["gunicorn", "waitress", "uvicorn-worker"]
@@ -149,7 +152,7 @@ def check_installed(extra: str) -> list[str]:
             for attribute in filter(None, attributes.split(",")):
                 if not hasattr(module, attribute):
                     failures.append(f"{module_name} has no {attribute}")
-    for name in PRESENT_ONLY:
+    for name in [*PRESENT_ONLY, *ENTRY_POINTS]:
         if name.split(".")[0] in imported and importlib.util.find_spec(name) is None:
             failures.append(f"{name} is not installed")
 
