@@ -23,6 +23,7 @@ from rpc_common.version import package_version
 
 logger = logging.getLogger(__name__)
 
+
 def load_agent_settings() -> AgentSettings:
     """Settings from the environment; a refused value is a one-line `ConfigurationError`."""
     try:
