@@ -95,22 +95,9 @@ def _settings(args: argparse.Namespace) -> DatasourceSettings:
         raise ConfigurationError(describe_validation_error(error)) from None
 
 
-def _endpoint(args: argparse.Namespace, settings: DatasourceSettings) -> AgentEndpoint:
-    try:
-        return AgentEndpoint.for_agent(
-            args.uri,
-            settings.auth_secret.get_secret_value(),
-            url_prefix=settings.url_prefix,
-            scheme=settings.signature_scheme,
-            timeout=settings.health_check_timeout,
-        )
-    except ValueError as error:
-        raise ConfigurationError(f"configuration error: {error}") from None
-
-
 def probe(args: argparse.Namespace) -> int:
     """One probe: its line (or JSON) on stdout, its outcome as the exit code."""
-    endpoint = _endpoint(args, _settings(args))
+    endpoint = AgentEndpoint.from_settings(_settings(args))
 
     async def probe_once() -> ProbeReport:
         async with new_session() as session:
@@ -125,7 +112,7 @@ def probe(args: argparse.Namespace) -> int:
 def watch(args: argparse.Namespace) -> int:
     """Probe with the library's own client, one line per probe, until SIGINT or SIGTERM."""
     settings = _settings(args)
-    endpoint = _endpoint(args, settings)
+    endpoint = AgentEndpoint.from_settings(settings)
     stopped = threading.Event()
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
@@ -162,7 +149,7 @@ def watch(args: argparse.Namespace) -> int:
 
 def schema(args: argparse.Namespace) -> int:
     """The schema as JSON on stdout, or with `--diff FILE` what changed since FILE's."""
-    endpoint = _endpoint(args, _settings(args))
+    endpoint = AgentEndpoint.from_settings(_settings(args))
     before = _read_schema_file(args.diff) if args.diff is not None else None
 
     async def read() -> dict[str, Any]:
