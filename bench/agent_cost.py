@@ -66,8 +66,8 @@ from bench._support import (
     write_json,
 )
 from rpc_agent import AgentSettings, RpcAgent
-from rpc_agent.routes import AgentRequest, AgentRoutes, Reply
-from rpc_agent.serving import serve_agent_until_signalled
+from rpc_agent.core.routes import AgentRequest, AgentRoutes, Reply
+from rpc_agent.servers.runner import serve_agent_until_signalled
 from rpc_common.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, signed_headers, verify_request
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ SSE heartbeat every `SSE_HEARTBEAT_S`):
    every `POLL_EVERY_S` on one keep-alive `requests.Session` with a `PROBE_TIMEOUT_S`
    timeout; a failure is a status other than 200, a timeout, a connection error, or an
    answer after more than `PROBE_TIMEOUT_S` (`requests` bounds each read; the master's
-   timeout, in `rpc_datasource.http`, bounds the whole request). Its first probe opens a
+   timeout, in `rpc_datasource.transport.http`, bounds the whole request). Its first probe opens a
    new connection after the flood's: the master's (re)connection has to be accepted too.
    `DOWN` marks `DOWN_AFTER` failures in a row (the master's verdict). Latencies: p50, p99,
    max of all probes, the first probe's (`1st`) and the slowest of the others (`later`);
@@ -39,7 +39,7 @@ answered on the event loop by `rpc_agent.asgi.RpcAgentMiddleware`, the app's on 
 threads); `cheroot`, the project's former runner as it was tuned (`CHEROOT_TUNED`: cheroot's
 `wsgi.Server`, run by `SERVE_PROGRAM`); `waitress` (its defaults) and
 `waitress-tuned` (`WAITRESS_TUNED`); `gunicorn-gthread` (2 workers of 8 threads,
-`rpc_agent.gunicorn`'s hooks); `uvicorn-fastapi` (`python -m examples.warehouse_asgi`).
+`rpc_agent.servers.gunicorn`'s hooks); `uvicorn-fastapi` (`python -m examples.warehouse_asgi`).
 cheroot and waitress are not project dependencies: `pip install cheroot waitress` first.
 
 The soft fd limit is raised to the hard one (the servers inherit it).

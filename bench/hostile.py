@@ -41,7 +41,7 @@ SERVERS: dict[str, Callable[[int, Path], list[str]]] = {
     ],
     "gunicorn-uvicorn": lambda port, db: [
         *(sys.executable, "-m", "gunicorn", "-c", "python:rpc_agent.gunicorn", "-w", "2"),
-        *("-k", "rpc_agent.gunicorn_uvicorn.UvicornWorker", "-b", f"127.0.0.1:{port}"),
+        *("-k", "rpc_agent.servers.uvicorn_worker.UvicornWorker", "-b", f"127.0.0.1:{port}"),
         f"examples.warehouse:create_asgi_app({str(db)!r})",
     ],
     "gunicorn-gthread": lambda port, db: [

@@ -55,7 +55,7 @@ from bench._support import (
     wait_until,
 )
 from rpc_datasource import HealthCheckClient, ProbeEvent
-from rpc_datasource.engine import shared_engine
+from rpc_datasource.runtime.engine import shared_engine
 
 SAMPLE_EVERY_S = 0.5
 FD_HEADROOM = 256
@@ -70,8 +70,8 @@ RATE_FLOOR_PCT = 97.0
 STOP_ALL_LIMIT_S = 1.0
 IDLE_CPU_LIMIT_PCT = 2.0
 IDLE_INTERVAL_S = 30.0
-# Watch mode: the agents' default bound (rpc_agent.settings), and how long an answer must
-# take to count as held (rpc_datasource.watch_mode.EARLY_ANSWER_S: earlier = not held).
+# Watch mode: the agents' default bound (rpc_agent.core.settings), and how long an answer must
+# take to count as held (rpc_datasource.health.watch_rules.EARLY_ANSWER_S: earlier = not held).
 DEFAULT_MAX_WATCHERS = 8
 HELD_ANSWER_S = 0.5
 

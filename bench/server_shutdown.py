@@ -18,7 +18,7 @@ time is taken from the signal:
   of 2 s after their last answer), so its exit comes about a second after the others'.
   `--hang-up` closes them as soon as they end.
 
-The servers: gunicorn with `rpc_agent.gunicorn`'s hooks and 2 gthread workers (4 threads
+The servers: gunicorn with `rpc_agent.servers.gunicorn`'s hooks and 2 gthread workers (4 threads
 each), the same with 2 sync workers, around the Flask warehouse; and uvicorn around the
 FastAPI warehouse (`python -m examples.warehouse_asgi`). The judge checks every trial: the
 stream got `RpcServerStop` and the held watch a 503 within `AT_ONCE_S`, a probe got 503

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tree = args.tree.resolve()
     sys.path.insert(0, str(tree))
-    client_class = importlib.import_module("rpc_datasource.sse_client").SseClient
+    client_class = importlib.import_module("rpc_datasource.legacy.sse_client").SseClient
     secret = secrets.token_urlsafe(32)
     port = free_port()
     env = {**os.environ, "FOREST_AUTH_SECRET": secret, "FOREST_SSE_HEARTBEAT_INTERVAL": "1"}

@@ -380,7 +380,7 @@ def trial_column(
         health_check_watch_wait=args.watch_wait,
     )
     set_probe_hooks([tl.hook])
-    datasource = RpcDatasource(
+    datasource = RpcDatasource.connect(
         settings,
         on_schema_change=tl.on_schema_change,
         on_server_down=tl.on_down,

@@ -49,7 +49,7 @@ from bench._support import (
 )
 from rpc_datasource import HealthCheckClient, ProbeEvent
 
-# An answer this slow was held (rpc_datasource.watch_mode.EARLY_ANSWER_S).
+# An answer this slow was held (rpc_datasource.health.watch_rules.EARLY_ANSWER_S).
 HELD_ANSWER_S = 0.5
 # Grid coalescing and the loop may move a probe a little; a tight loop would be ~0 s apart.
 GAP_SLACK_S = 0.05

@@ -11,8 +11,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import quote
 
-from rpc_agent import stop_signal
-from rpc_agent.routes import (
+from rpc_agent.core.routes import (
     MAX_REQUEST_BODY,
     AgentMiddlewareBase,
     AgentRequest,
@@ -21,7 +20,8 @@ from rpc_agent.routes import (
     OpenSse,
     Reply,
 )
-from rpc_agent.sse import SseStream
+from rpc_agent.core.sse import SseStream
+from rpc_agent.process import stop_signal
 
 logger = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rpc_agent.core import AgentCore
-from rpc_agent.schema import SchemaProvider
-from rpc_agent.settings import AgentSettings
+from rpc_agent.core.agent import AgentCore
+from rpc_agent.core.schema import SchemaProvider
+from rpc_agent.core.settings import AgentSettings
 from rpc_agent.wsgi import RpcAgentMiddleware
 
 if TYPE_CHECKING:

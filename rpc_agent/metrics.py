@@ -18,9 +18,9 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
         "rpc_agent.metrics needs prometheus-client: pip install 'forest-rpc-pair[agent,metrics]'"
     ) from error
 
-from rpc_agent import server_process
-from rpc_agent.core import AgentCore
-from rpc_agent.events import AgentRequestEvent, get_request_hooks, set_request_hooks
+from rpc_agent.core.agent import AgentCore
+from rpc_agent.core.events import AgentRequestEvent, get_request_hooks, set_request_hooks
+from rpc_agent.process import state as server_process
 from rpc_common.instrumentation import InstrumentedRegistries
 
 
@@ -28,7 +28,7 @@ class AgentStateCollector(Collector):
     """Gauges read from the process's live agents when scraped."""
 
     def collect(self) -> Iterator[GaugeMetricFamily | InfoMetricFamily]:
-        agents = server_process.live_agents()
+        agents = [a for a in server_process.live_agents() if isinstance(a, AgentCore)]
         held = GaugeMetricFamily(
             "forest_agent_held_watches", "Health watches the agent is holding."
         )

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from rpc_agent.routes import (
+from rpc_agent.core.routes import (
     MAX_REQUEST_BODY,
     AgentMiddlewareBase,
     AgentRequest,

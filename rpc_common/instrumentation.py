@@ -1,8 +1,9 @@
 """`InstrumentedRegistries`: one metrics object per Prometheus registry, hooked in once.
 
-What `rpc_datasource.metrics` and `rpc_agent.metrics` share: `instrument(registry)` makes the
-metrics on a registry and attaches their hooks the first time, and returns the same object
-after; `uninstrument(registry)` detaches the hooks and takes the metrics off the registry.
+What `rpc_datasource.instrumentation.metrics` and `rpc_agent.metrics` share:
+`instrument(registry)` makes the metrics on a registry and attaches their hooks the first
+time, and returns the same object after; `uninstrument(registry)` detaches the hooks and
+takes the metrics off the registry.
 """
 
 from __future__ import annotations

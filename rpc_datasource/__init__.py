@@ -3,8 +3,7 @@
 from rpc_common.settings import ConfigurationError
 from rpc_common.version import package_version
 from rpc_datasource.datasource import RpcDatasource
-from rpc_datasource.endpoint import AgentEndpoint
-from rpc_datasource.events import (
+from rpc_datasource.health.events import (
     ProbeEvent,
     SchemaEvent,
     SchemaOutcome,
@@ -13,12 +12,13 @@ from rpc_datasource.events import (
     set_probe_hooks,
     set_schema_hooks,
 )
+from rpc_datasource.health.policy import ProbePolicy
+from rpc_datasource.health.state import FailureReason, HealthState
 from rpc_datasource.health_client import HealthCheckClient
-from rpc_datasource.health_state import FailureReason, HealthState
-from rpc_datasource.policy import ProbePolicy
-from rpc_datasource.schema_fetch import SchemaFetchError
+from rpc_datasource.instrumentation.stats import HealthStats
+from rpc_datasource.schema.fetch import SchemaFetchError
 from rpc_datasource.settings import DatasourceSettings
-from rpc_datasource.stats import HealthStats
+from rpc_datasource.transport.endpoint import AgentEndpoint
 
 __version__ = package_version()
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from rpc_datasource.cli import main
+from rpc_datasource.cli.commands import main
 
 sys.exit(main())

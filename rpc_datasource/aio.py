@@ -13,74 +13,36 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from types import TracebackType
+from typing import Any, cast
 
 import aiohttp
 
-from rpc_common.signing import SignatureScheme
-from rpc_datasource.daemon_threads import DaemonThreadPool
-from rpc_datasource.engine import CALLBACK_THREAD_PREFIX, new_session
-from rpc_datasource.events import ProbeEvent, ProbeHook
-from rpc_datasource.policy import ProbeMode, ProbePolicy
-from rpc_datasource.probe import ProbeOutcome, probe_health
-from rpc_datasource.watch_mode import ProbeRequest
-from rpc_datasource.watched_agent import WatchedAgent
+from rpc_datasource.health.events import ProbeEvent
+from rpc_datasource.health.watch_rules import ProbeRequest
+from rpc_datasource.runtime.client_base import ClientBase
+from rpc_datasource.runtime.daemon_threads import DaemonThreadPool
+from rpc_datasource.runtime.engine import CALLBACK_THREAD_PREFIX, new_session
+from rpc_datasource.transport.probe import ProbeOutcome, probe_health
 
 logger = logging.getLogger(__name__)
 
-AsyncCallback = Callable[[], Awaitable[None]] | Callable[[], None]
 
-
-class AsyncHealthCheckClient(WatchedAgent):
+class AsyncHealthCheckClient(ClientBase):
     """Watches one agent on the running loop; use `async with` or `start()` / `stop()`."""
 
     def __init__(
-        self,
-        url: str,
-        auth_secret: str,
-        polling_interval: float = 30.0,
-        failure_threshold: int = 3,
-        timeout: float = 5.0,
-        on_server_down: AsyncCallback | None = None,
-        on_server_recovered: AsyncCallback | None = None,
-        *,
-        failure_retry_interval: float | None = None,
-        jitter: float = 0.1,
-        recovery_threshold: int = 1,
-        mode: ProbeMode = "poll",
-        watch_wait: float = 25.0,
-        signature_scheme: SignatureScheme = "v2",
-        hooks: Sequence[ProbeHook] = (),
-        name: str | None = None,
-        session: aiohttp.ClientSession | None = None,
-        rng: random.Random | None = None,
+        self, *args: Any, session: aiohttp.ClientSession | None = None, **options: Any
     ) -> None:
-        policy = ProbePolicy(
-            polling_interval=polling_interval,
-            failure_threshold=failure_threshold,
-            timeout=timeout,
-            failure_retry_interval=failure_retry_interval,
-            jitter=jitter,
-            recovery_threshold=recovery_threshold,
-            mode=mode,
-            watch_wait=watch_wait,
-        )
-        super().__init__(
-            url,
-            auth_secret,
-            policy,
-            signature_scheme=signature_scheme,
-            hooks=hooks,
-            rng=rng,
-            name=name,
-        )
-        self.on_server_down = on_server_down
-        self.on_server_recovered = on_server_recovered
+        """The arguments of `HealthCheckClient`; `session` is an aiohttp session of the
+        application's to probe with (else the client makes and closes its own)."""
         self._given_session = session
+        super().__init__(*args, **options)
+
+    def _setup_driver(self) -> None:
         self._session: aiohttp.ClientSession | None = None
-        self._pending: asyncio.Queue[tuple[str, AsyncCallback]] = asyncio.Queue()
+        self._pending: asyncio.Queue[tuple[str, Callable[[], object]]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._callback_threads = DaemonThreadPool(CALLBACK_THREAD_PREFIX)
 
@@ -134,7 +96,7 @@ class AsyncHealthCheckClient(WatchedAgent):
             what, callback = await self._pending.get()
             try:
                 if inspect.iscoroutinefunction(callback):
-                    await callback()
+                    await cast(Awaitable[object], callback())
                 else:
                     await asyncio.wrap_future(self._callback_threads.submit(callback))
             except Exception:

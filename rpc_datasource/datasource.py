@@ -15,21 +15,20 @@ from pydantic import ValidationError
 
 from rpc_common.settings import ConfigurationError, describe_validation_error
 from rpc_common.signing import SignatureScheme
-from rpc_datasource.endpoint import AgentEndpoint
-from rpc_datasource.engine import Engine, shared_engine
-from rpc_datasource.events import (
+from rpc_datasource.health.events import (
     ProbeEvent,
     ProbeHook,
     SchemaEvent,
     SchemaOutcome,
     deliver_schema,
 )
+from rpc_datasource.health.policy import ProbeMode
 from rpc_datasource.health_client import Callback, HealthCheckClient
-from rpc_datasource.policy import ProbeMode
-from rpc_datasource.probe_logging import SchemaLog
-from rpc_datasource.schema_diff import diff_schemas
-from rpc_datasource.schema_fetch import FetchedSchema, SchemaFetchError, fetch_schema
-from rpc_datasource.schema_refresh import SchemaRefreshDecision
+from rpc_datasource.instrumentation.log_lines import SchemaLog
+from rpc_datasource.runtime.engine import Engine, shared_engine
+from rpc_datasource.schema.diff import diff_schemas
+from rpc_datasource.schema.fetch import FetchedSchema, SchemaFetchError, fetch_schema
+from rpc_datasource.schema.refresh import SchemaRefreshDecision
 from rpc_datasource.settings import DatasourceSettings
 
 logger = logging.getLogger(__name__)
@@ -61,6 +60,7 @@ class RpcDatasource:
     def __init__(
         self,
         settings: DatasourceSettings,
+        schema: FetchedSchema,
         *,
         on_schema_change: SchemaCallback | None = None,
         on_server_down: Callback | None = None,
@@ -68,44 +68,79 @@ class RpcDatasource:
         hooks: Sequence[ProbeHook] = (),
         name: str | None = None,
     ) -> None:
+        """The datasource of the agent `settings` name, holding `schema` as first read from
+        it; no I/O here: `start()` begins watching (`connect()` and `build()` do all three)."""
         self.settings = settings
         self.name = name or settings.rpc_uri
         self.on_schema_change = on_schema_change
-        self.endpoint = AgentEndpoint.from_settings(settings)
+        self.endpoint = settings.endpoint()
         self._schema_hooks = (SchemaLog(),)
         self._lock = threading.Lock()
         self._closed = False
-        self._engine: Engine = shared_engine.acquire()
-        try:
-            fetched = self._engine.run(
-                fetch_schema(self._engine.session, self.endpoint),
-                timeout=settings.health_check_timeout + 1.0,
-            )
-        except TimeoutError as error:
-            shared_engine.release()
-            raise SchemaFetchError(
-                f"cannot read the schema at {self.endpoint.schema_url}: {error}"
-            ) from None
-        except BaseException:
-            shared_engine.release()
-            raise
-        assert fetched is not None, "an unconditional GET never answers 304"
-        self._schema = fetched.schema
-        self._etag = fetched.etag
+        self._engine: Engine | None = None
+        self._schema = schema.schema
+        self._etag = schema.etag
         self._refresh = SchemaRefreshDecision(
-            fetched.etag, min_fetch_gap_s=settings.health_check_interval
+            schema.etag, min_fetch_gap_s=settings.health_check_interval
         )
         self._warned_disagreement: tuple[str, str] | None = None
         self._fetching: asyncio.Task[None] | None = None
         self.reloads = 0
-        self._report(SchemaOutcome.LOADED, fetched.etag)
-        self.health = HealthCheckClient.from_settings(
-            settings,
+        self._report(SchemaOutcome.LOADED, schema.etag)
+        self.health = HealthCheckClient(
+            endpoint=self.endpoint,
+            policy=settings.policy(),
             on_server_down=on_server_down,
             on_server_recovered=on_server_recovered,
             hooks=(self._on_probe, *hooks),
             name=self.name,
         )
+
+    @classmethod
+    def connect(
+        cls,
+        settings: DatasourceSettings,
+        *,
+        on_schema_change: SchemaCallback | None = None,
+        on_server_down: Callback | None = None,
+        on_server_recovered: Callback | None = None,
+        hooks: Sequence[ProbeHook] = (),
+        name: str | None = None,
+    ) -> RpcDatasource:
+        """Read the schema once (a `SchemaFetchError` names the URL and cause), then start
+        watching the agent."""
+        endpoint = settings.endpoint()
+        engine = shared_engine.acquire()
+        try:
+            try:
+                fetched = engine.run(
+                    fetch_schema(engine.session, endpoint), timeout=endpoint.timeout + 1.0
+                )
+            except TimeoutError as error:
+                raise SchemaFetchError(
+                    f"cannot read the schema at {endpoint.schema_url}: {error}"
+                ) from None
+            assert fetched is not None, "an unconditional GET never answers 304"
+            datasource = cls(
+                settings,
+                fetched,
+                on_schema_change=on_schema_change,
+                on_server_down=on_server_down,
+                on_server_recovered=on_server_recovered,
+                hooks=hooks,
+                name=name,
+            )
+            datasource.start()
+        finally:
+            shared_engine.release()
+        return datasource
+
+    def start(self) -> None:
+        """Begin watching the agent (idempotent; a closed datasource stays closed)."""
+        with self._lock:
+            if self._closed or self._engine is not None:
+                return
+            self._engine = shared_engine.acquire()
         _open_datasources.add(self)
         self.health.start()
 
@@ -162,7 +197,7 @@ class RpcDatasource:
                 **given,
             }
         settings = load_datasource_settings(**given)
-        return cls(
+        return cls.connect(
             settings,
             on_schema_change=on_schema_change,
             on_server_down=on_server_down,
@@ -197,9 +232,11 @@ class RpcDatasource:
                 return
             self._closed = True
         self.health.stop()
-        fetching = self._fetching
+        fetching, engine = self._fetching, self._engine
+        if engine is None:
+            return
         if fetching is not None:
-            self._engine.loop.call_soon_threadsafe(fetching.cancel)
+            engine.loop.call_soon_threadsafe(fetching.cancel)
         shared_engine.release()
         _open_datasources.discard(self)
 
@@ -249,6 +286,7 @@ class RpcDatasource:
     async def _fetch_and_apply(self) -> None:
         """Fetch the schema if its ETag moved; swap it in and notify only if it changed."""
         try:
+            assert self._engine is not None, "probe hooks run only once started"
             fetched = await fetch_schema(self._engine.session, self.endpoint, self.schema_etag)
         except SchemaFetchError as error:
             self._refresh.ask_again()

@@ -6,8 +6,8 @@ from pydantic import Field, field_validator
 
 from rpc_common.settings import DEFAULT_URL_PREFIX, AuthSecretSettings, normalised_url_prefix
 from rpc_common.signing import SignatureScheme
-from rpc_datasource.endpoint import DEFAULT_SCHEMA_MAX_BYTES
-from rpc_datasource.policy import ProbeMode
+from rpc_datasource.health.policy import ProbeMode, ProbePolicy
+from rpc_datasource.transport.endpoint import DEFAULT_SCHEMA_MAX_BYTES, AgentEndpoint
 
 
 class DatasourceSettings(AuthSecretSettings):
@@ -36,12 +36,24 @@ class DatasourceSettings(AuthSecretSettings):
     def _prefix_shape(cls, value: str) -> str:
         return normalised_url_prefix(value)
 
-    def route_url(self, route: str) -> str:
-        """The full URL of one agent route, e.g. `route_url("health")`."""
-        return f"{self.rpc_uri}{self.url_prefix}/{route}"
+    def endpoint(self) -> AgentEndpoint:
+        """The agent these settings name, and how to talk to it (the secret unwrapped here only)."""
+        return AgentEndpoint.for_agent(
+            self.rpc_uri,
+            self.auth_secret.get_secret_value(),
+            url_prefix=self.url_prefix,
+            scheme=self.signature_scheme,
+            timeout=self.health_check_timeout,
+            schema_max_bytes=self.schema_max_bytes,
+        )
 
-    def health_url(self) -> str:
-        return self.route_url("health")
-
-    def schema_url(self) -> str:
-        return self.route_url("rpc-schema")
+    def policy(self) -> ProbePolicy:
+        """When to probe the agent and when to give up, as these settings say."""
+        return ProbePolicy(
+            polling_interval=self.health_check_interval,
+            failure_threshold=self.health_check_failure_threshold,
+            timeout=self.health_check_timeout,
+            recovery_threshold=self.health_check_recovery_threshold,
+            mode=self.health_check_mode,
+            watch_wait=self.health_check_watch_wait,
+        )

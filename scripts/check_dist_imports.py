@@ -27,13 +27,17 @@ PACKAGES = ("rpc_common", "rpc_agent", "rpc_datasource")
 # Imported, in addition to the walked packages below, by [all] (and the sdist's [all]): the
 # modules that need more than one extra. Edit this list as such modules come and go.
 ALL_EXTRA_MODULES = [
-    "rpc_datasource.metrics",
+    "rpc_datasource.instrumentation.metrics",
     "rpc_agent.metrics",
 ]
 
 # Shipped but never imported here, as each needs a distribution no extra installs (gunicorn
 # and waitress are the user's choice of server): only their presence is checked, with find_spec.
-PRESENT_ONLY = ["rpc_agent.gunicorn", "rpc_agent.gunicorn_uvicorn", "rpc_agent.waitress"]
+PRESENT_ONLY = [
+    "rpc_agent.servers.gunicorn",
+    "rpc_agent.servers.uvicorn_worker",
+    "rpc_agent.servers.waitress",
+]
 
 # Run, not imported: `python -m rpc_datasource` is the forest-rpc command.
 ENTRY_POINTS = ["rpc_datasource.__main__"]
@@ -72,7 +76,7 @@ PROFILES = {
             "rpc_agent:RpcAgent",
             "rpc_agent.wsgi",
             "rpc_agent.asgi",
-            "rpc_agent.serving",
+            "rpc_agent.servers.runner",
         ],
         absent=["prometheus-client"],
         report=["flask", "uvicorn", "a2wsgi", "aiohttp"],

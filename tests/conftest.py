@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rpc_agent import server_process
+from rpc_agent.process import state as server_process
 from tests.support import library_threads, wait_until
 from tests.test_warehouse import Warehouse, running_warehouse
 

@@ -14,7 +14,7 @@ from typing import Any
 from flask import Flask
 
 from rpc_agent import RpcAgent
-from rpc_agent.serving import serve_agent_until_signalled
+from rpc_agent.servers.runner import serve_agent_until_signalled
 
 SCHEMAS = {
     "a": {"collections": [{"name": "products", "fields": [{"name": "id"}]}], "charts": []},

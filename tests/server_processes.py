@@ -1,5 +1,5 @@
 """Real servers embedding the agent, run as subprocesses on 127.0.0.1: gunicorn (gthread or
-sync workers, with `rpc_agent.gunicorn`'s hooks) around the Flask warehouse, and uvicorn
+sync workers, with `rpc_agent.servers.gunicorn`'s hooks) around the Flask warehouse, and uvicorn
 around the FastAPI warehouse (`python -m examples.warehouse_asgi`).
 
 `running_server` starts one, waits until it answers, and always ends it (and any worker
@@ -122,7 +122,7 @@ GUNICORN_UVICORN = ServerKind(
     "gunicorn-uvicorn",
     workers=2,
     holds_watches=True,
-    worker_class="rpc_agent.gunicorn_uvicorn.UvicornWorker",
+    worker_class="rpc_agent.servers.uvicorn_worker.UvicornWorker",
     app_factory="create_asgi_app",
 )
 UVICORN = ServerKind("uvicorn-fastapi", workers=1, holds_watches=True)

@@ -30,9 +30,9 @@ from fastapi import FastAPI, Request
 
 from rpc_agent import AgentSettings
 from rpc_agent.asgi import RpcAgentMiddleware
-from rpc_agent.routes import MAX_REQUEST_BODY
-from rpc_agent.sse import StreamEnd
-from rpc_agent.stop_signal import DrainingStopHandler
+from rpc_agent.core.routes import MAX_REQUEST_BODY
+from rpc_agent.core.sse import StreamEnd
+from rpc_agent.process.stop_signal import DrainingStopHandler
 from rpc_common.signing import sign_original, signed_headers
 from rpc_common.sse_protocol import HEARTBEAT_EVENT, STOP_EVENT
 from tests.support import OTHER_SECRET, TEST_SECRET

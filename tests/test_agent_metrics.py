@@ -20,10 +20,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from werkzeug.test import Client
 
-from rpc_agent import server_process
-from rpc_agent.core import AgentCore
-from rpc_agent.events import AgentRequestEvent, get_request_hooks, set_request_hooks
+from rpc_agent.core.agent import AgentCore
+from rpc_agent.core.events import AgentRequestEvent, get_request_hooks, set_request_hooks
 from rpc_agent.metrics import AgentMetrics, instrument, uninstrument
+from rpc_agent.process import state as server_process
 from rpc_common.signing import signed_headers
 from rpc_common.version import package_version
 from tests.support import OTHER_SECRET, TEST_SECRET, signed
@@ -185,13 +185,13 @@ def test_a_raising_request_hook_is_logged_and_the_answer_still_goes_out(
 
     set_request_hooks([raising, *get_request_hooks()])
     client = Client(wsgi_wrapped())
-    with caplog.at_level(logging.ERROR, logger="rpc_agent.events"):
+    with caplog.at_level(logging.ERROR, logger="rpc_agent.core.events"):
         response = get_signed(client, HEALTH)
     assert response.status_code == 200
     assert response.get_json()["status"] == "ok"
     # The hook after the raising one still ran.
     assert requests(registry, "health", 200) == 1.0
-    records = [r for r in caplog.records if r.name == "rpc_agent.events"]
+    records = [r for r in caplog.records if r.name == "rpc_agent.core.events"]
     assert len(records) == 1
     assert "request hook" in records[0].getMessage()
     assert records[0].exc_info is not None

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from rpc_agent import RpcAgent
-from rpc_agent.sse import SseConnection, SseConnectionManager, StreamEnd, format_event
+from rpc_agent.core.sse import SseConnection, SseConnectionManager, StreamEnd, format_event
 from rpc_common.sse_protocol import (
     HEARTBEAT_EVENT,
     STOP_EVENT,

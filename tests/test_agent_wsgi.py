@@ -182,6 +182,6 @@ def test_held_watches_take_one_thread_at_most_of_a_pool_of_unknown_size() -> Non
 
 
 def test_the_waitress_share_is_half_its_threads() -> None:
-    from rpc_agent.waitress import held_watch_share
+    from rpc_agent.servers.waitress import held_watch_share
 
     assert [held_watch_share(threads) for threads in (1, 2, 4, 16)] == [0, 1, 2, 8]

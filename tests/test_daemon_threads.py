@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from rpc_datasource.daemon_threads import DaemonThreadPool
+from rpc_datasource.runtime.daemon_threads import DaemonThreadPool
 from tests.support import library_threads, wait_until
 
 

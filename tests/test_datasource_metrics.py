@@ -1,4 +1,4 @@
-"""`rpc_datasource.metrics`: the Prometheus metrics fed by the probe and schema hooks.
+"""`rpc_datasource.instrumentation.metrics`: Prometheus metrics fed by the probe and schema hooks.
 
 Most tests are pure: events built by hand, or by driving a real `HealthStateMachine` so that
 the states and actions are the ones a client would produce, are handed to a `DatasourceMetrics`
@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from rpc_datasource import HealthCheckClient
-from rpc_datasource.events import (
+from rpc_datasource.health.events import (
     ProbeEvent,
     SchemaEvent,
     SchemaOutcome,
@@ -25,17 +25,18 @@ from rpc_datasource.events import (
     set_probe_hooks,
     set_schema_hooks,
 )
-from rpc_datasource.health_state import (
+from rpc_datasource.health.policy import ProbePolicy
+from rpc_datasource.health.state import (
     Action,
     FailureReason,
     HealthState,
     ProbeResult,
 )
-from rpc_datasource.metrics import DatasourceMetrics, instrument, uninstrument
-from rpc_datasource.policy import ProbePolicy
-from rpc_datasource.probe import ProbeOutcome
-from rpc_datasource.watch_mode import ProbeRequest
-from rpc_datasource.watcher import HealthWatcher, probes_in_flight
+from rpc_datasource.health.watch_rules import ProbeRequest
+from rpc_datasource.instrumentation.in_flight import probes_in_flight
+from rpc_datasource.instrumentation.metrics import DatasourceMetrics, instrument, uninstrument
+from rpc_datasource.runtime.watcher import HealthWatcher
+from rpc_datasource.transport.probe import ProbeOutcome
 from tests.support import HEALTH_PATH, TEST_SECRET, agent_app, start_server, wait_until
 
 AGENT = "agent-a"

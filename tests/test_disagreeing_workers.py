@@ -14,7 +14,7 @@ from contextlib import ExitStack, contextmanager
 import pytest
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from rpc_agent.server_process import INSTANCE_ID_ENV
+from rpc_agent.process.state import INSTANCE_ID_ENV
 from rpc_datasource import RpcDatasource
 from tests.support import TEST_SECRET, agent_app, wait_until
 

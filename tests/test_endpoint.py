@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rpc_datasource.endpoint import AgentEndpoint
+from rpc_datasource.transport.endpoint import AgentEndpoint
 
 SECRET = "test-secret-0123456789abcdef0123456789"  # a test value, not a real secret
 

@@ -13,7 +13,7 @@ from functools import partial
 import pytest
 
 from rpc_datasource import HealthCheckClient, ProbeEvent
-from rpc_datasource.engine import (
+from rpc_datasource.runtime.engine import (
     CALLBACK_THREAD_PREFIX,
     ENGINE_THREAD_NAME,
     shared_engine,

@@ -66,7 +66,7 @@ from rpc_datasource import (
     set_probe_hooks,
     set_schema_hooks,
 )
-from rpc_datasource.endpoint import DEFAULT_HEALTH_MAX_BYTES
+from rpc_datasource.transport.endpoint import DEFAULT_HEALTH_MAX_BYTES
 from tests.scripted_server import Answer, Received, ScriptedServer
 from tests.support import (
     HEALTH_PATH,

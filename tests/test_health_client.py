@@ -15,7 +15,7 @@ from flask import Flask, Response, jsonify
 
 from rpc_agent import AgentSettings, RpcAgent
 from rpc_datasource import HealthCheckClient, HealthStats, ProbeEvent
-from rpc_datasource.engine import ENGINE_THREAD_NAME, shared_engine
+from rpc_datasource.runtime.engine import ENGINE_THREAD_NAME, shared_engine
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment

@@ -19,11 +19,11 @@ import pytest
 
 from rpc_common.signing import parse_timestamp, sign_bound, sign_original, verify_request
 from rpc_datasource import HealthCheckClient
-from rpc_datasource.endpoint import DEFAULT_HEALTH_MAX_BYTES, AgentEndpoint
-from rpc_datasource.engine import new_session
-from rpc_datasource.health_state import FailureReason, ProbeKind, ProbeResult
-from rpc_datasource.http import AgentRequestError, AgentResponse, signed_get
-from rpc_datasource.probe import probe_health
+from rpc_datasource.health.state import FailureReason, ProbeKind, ProbeResult
+from rpc_datasource.runtime.engine import new_session
+from rpc_datasource.transport.endpoint import DEFAULT_HEALTH_MAX_BYTES, AgentEndpoint
+from rpc_datasource.transport.http import AgentRequestError, AgentResponse, signed_get
+from rpc_datasource.transport.probe import probe_health
 from tests.scripted_server import Answer, Received, ScriptedServer, scripted_server
 from tests.support import (
     HEALTH_PATH,

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from rpc_datasource.health_response import classify_health_response, clock_skew_seconds
-from rpc_datasource.health_state import FailureReason, ProbeKind
+from rpc_datasource.health.response import classify_health_response, clock_skew_seconds
+from rpc_datasource.health.state import FailureReason, ProbeKind
 
 LOCAL_NOW = datetime(2026, 11, 21, 9, 30, 0, tzinfo=UTC)
 

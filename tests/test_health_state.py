@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rpc_datasource.health_state import (
+from rpc_datasource.health.state import (
     Action,
     FailureReason,
     HealthState,

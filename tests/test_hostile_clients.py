@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from rpc_agent.http_protocol import HEADERS_DEADLINE_S
+from rpc_agent.servers.http_protocol import HEADERS_DEADLINE_S
 from rpc_datasource import HealthCheckClient
 from tests.support import TEST_SECRET, free_port, running_process, wait_until
 
@@ -56,7 +56,7 @@ def gunicorn_uvicorn_command(port: int, db: Path) -> list[str]:
     return [
         *(sys.executable, "-m", "gunicorn", "-c", "python:rpc_agent.gunicorn"),
         *("--no-control-socket", "-w", "2", "-b", f"127.0.0.1:{port}"),
-        *("-k", "rpc_agent.gunicorn_uvicorn.UvicornWorker"),
+        *("-k", "rpc_agent.servers.uvicorn_worker.UvicornWorker"),
         f"examples.warehouse:create_asgi_app({str(db)!r})",
     ]
 

@@ -64,10 +64,10 @@ def test_a_flood_of_unsigned_requests_logs_a_few_lines(
         lambda environ, start_response: [], AgentSettings(auth_secret=TEST_SECRET)
     )
     client = Client(middleware)
-    with caplog.at_level(logging.WARNING, logger="rpc_agent.routes"):
+    with caplog.at_level(logging.WARNING, logger="rpc_agent.core.routes"):
         statuses = {client.get("/forest/health").status_code for _ in range(1000)}
     assert statuses == {401}
-    lines = [record for record in caplog.records if record.name == "rpc_agent.routes"]
+    lines = [record for record in caplog.records if record.name == "rpc_agent.core.routes"]
     assert 10 <= len(lines) <= 20, len(lines)
     assert all("missing_headers" in line.getMessage() for line in lines)
 

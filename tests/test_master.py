@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from examples.master import create_master_app
-from rpc_datasource import FailureReason, RpcDatasource, metrics
+from rpc_datasource import FailureReason, RpcDatasource
+from rpc_datasource.instrumentation import metrics
 from tests.support import TEST_SECRET, LiveServer, agent_app, start_server, wait_until
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from rpc_datasource import HealthCheckClient, engine
+from rpc_datasource import HealthCheckClient
 from rpc_datasource.aio import AsyncHealthCheckClient
+from rpc_datasource.runtime import engine
 from tests.local_dns import LocalNameServer, local_name_server, resolving_through
 from tests.support import TEST_SECRET, agent_app, free_port, live_server, wait_until
 from tests.test_warehouse import Warehouse
@@ -184,7 +185,7 @@ def test_a_hook_that_blocks_the_loop_is_named_in_a_rate_limited_warning(
         calls.release()
 
     client = HealthCheckClient(warehouse.url, TEST_SECRET, 0.05, hooks=[slow_metrics_hook])
-    with caplog.at_level(logging.WARNING, logger="rpc_datasource.events"):
+    with caplog.at_level(logging.WARNING, logger="rpc_datasource.health.events"):
         client.start()
         try:
             for _ in range(8):

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rpc_datasource.policy import ProbePolicy
-from rpc_datasource.timing import worst_case_detection
+from rpc_datasource.health.policy import ProbePolicy
+from rpc_datasource.health.timing import worst_case_detection
 
 SEEDS = range(200)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from rpc_datasource.schema_diff import SchemaDiff, diff_schemas
+from rpc_datasource.schema.diff import SchemaDiff, diff_schemas
 
 
 def collection(name: str, *fields: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from rpc_agent import AgentCore, AgentSettings, ConfigurationError
-from rpc_agent.schema import SchemaProviderError, validated_schema
+from rpc_agent.core.schema import SchemaProviderError, validated_schema
 from rpc_datasource import HealthCheckClient
 from tests.support import TEST_SECRET, free_port, running_process, signed, wait_until
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rpc_datasource.events import ProbeEvent
-from rpc_datasource.health_state import (
+from rpc_datasource.health.events import ProbeEvent
+from rpc_datasource.health.state import (
     FailureReason,
     HealthState,
     HealthStateMachine,
     ProbeResult,
 )
-from rpc_datasource.schema_refresh import SchemaRefreshDecision
+from rpc_datasource.schema.refresh import SchemaRefreshDecision
 
 FAIL = ProbeResult.failed(FailureReason.CONNECTION, "connection reset")
 SHUT = ProbeResult.shutting_down()

@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from rpc_agent import AgentSettings, server_process
-from rpc_agent.core import AgentCore
+from rpc_agent import AgentSettings
+from rpc_agent.core.agent import AgentCore
+from rpc_agent.process import state as server_process
 from tests.support import TEST_SECRET
 
 

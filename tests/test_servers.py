@@ -1,5 +1,5 @@
 """The agent embedded in real servers, each a subprocess on 127.0.0.1: gunicorn with the
-`rpc_agent.gunicorn` hooks and 2 gthread or 2 sync workers around the Flask warehouse, and
+`rpc_agent.servers.gunicorn` hooks and 2 gthread or 2 sync workers around the Flask warehouse, and
 uvicorn around the FastAPI warehouse with the ASGI middleware.
 
 The servers that only answer requests are started once per module (`server`, parametrised

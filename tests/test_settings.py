@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from rpc_agent.settings import AgentSettings
+from rpc_agent.core.settings import AgentSettings
 from rpc_common.settings import describe_validation_error
 from tests.support import OTHER_SECRET, TEST_SECRET
 

@@ -14,8 +14,8 @@ from flask import Flask, Response
 
 from rpc_agent import RpcAgent
 from rpc_common.signing import SignatureScheme
-from rpc_datasource.sse_client import SseClient
-from rpc_datasource.sse_parser import SseEvent
+from rpc_datasource.legacy.sse_client import SseClient
+from rpc_datasource.legacy.sse_parser import SseEvent
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -451,7 +451,7 @@ def test_a_refusal_is_named_at_warning_with_the_agents_reason(
     agents: Agents, open_client: OpenClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     agents.start()
-    with caplog.at_level(logging.INFO, logger="rpc_datasource.sse_client"):
+    with caplog.at_level(logging.INFO, logger="rpc_datasource.legacy.sse_client"):
         client, _ = open_client(agents.url, OTHER_SECRET)
         assert wait_until(lambda: client.connection_attempts >= 1 and refusals(caplog) >= 1)
     (line,) = [r for r in client_records(caplog) if "refused" in r.getMessage()][:1]
@@ -461,7 +461,9 @@ def test_a_refusal_is_named_at_warning_with_the_agents_reason(
 
 
 def client_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [record for record in caplog.records if record.name == "rpc_datasource.sse_client"]
+    return [
+        record for record in caplog.records if record.name == "rpc_datasource.legacy.sse_client"
+    ]
 
 
 def refusals(caplog: pytest.LogCaptureFixture) -> int:
@@ -472,7 +474,7 @@ def test_a_superseded_client_waits_for_the_agents_retry_instead_of_taking_the_st
     agents: Agents, open_client: OpenClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     agent = agents.start()
-    with caplog.at_level(logging.WARNING, logger="rpc_datasource.sse_client"):
+    with caplog.at_level(logging.WARNING, logger="rpc_datasource.legacy.sse_client"):
         first, first_events = open_client(agents.url)
         assert first_events.heartbeat.wait(DEADLINE)
         second, second_events = open_client(agents.url)

@@ -7,7 +7,7 @@ from itertools import pairwise
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rpc_datasource.sse_parser import SseEvent, SseParser
+from rpc_datasource.legacy.sse_parser import SseEvent, SseParser
 
 
 def parse(*chunks: str) -> tuple[list[SseEvent], SseParser]:

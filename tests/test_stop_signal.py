@@ -11,8 +11,9 @@ from types import FrameType
 
 import pytest
 
-from rpc_agent import AgentSettings, stop_signal
-from rpc_agent.core import AgentCore
+from rpc_agent import AgentSettings
+from rpc_agent.core.agent import AgentCore
+from rpc_agent.process import stop_signal
 from tests.support import TEST_SECRET, wait_until
 
 DEADLINE_S = 5.0

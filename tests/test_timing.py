@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rpc_datasource.timing import (
+from rpc_datasource.health.timing import (
     coalesced,
     default_failure_retry_interval,
     first_probe_delay,

@@ -9,12 +9,12 @@ import random
 
 import pytest
 
-from rpc_datasource.events import ProbeEvent
-from rpc_datasource.health_state import FailureReason, HealthState, ProbeResult
-from rpc_datasource.policy import ProbePolicy
-from rpc_datasource.probe import ProbeOutcome
-from rpc_datasource.watch_mode import PLAIN, WATCH_RETRY_EVERY, ProbeRequest, WatchTracker
-from rpc_datasource.watcher import HealthWatcher
+from rpc_datasource.health.events import ProbeEvent
+from rpc_datasource.health.policy import ProbePolicy
+from rpc_datasource.health.state import FailureReason, HealthState, ProbeResult
+from rpc_datasource.health.watch_rules import PLAIN, WATCH_RETRY_EVERY, ProbeRequest, WatchTracker
+from rpc_datasource.runtime.watcher import HealthWatcher
+from rpc_datasource.transport.probe import ProbeOutcome
 from tests.fake_clock import FakeClock
 
 WATCH = ProbePolicy(polling_interval=10.0, mode="watch", watch_wait=25.0, jitter=0.0)
@@ -63,7 +63,7 @@ def test_a_failure_forgets_the_etag_and_leaves_the_delay_to_the_policy() -> None
 def test_an_early_unchanged_answer_falls_back_to_polling_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="rpc_datasource.watch_mode")
+    caplog.set_level(logging.INFO, logger="rpc_datasource.health.watch_rules")
     tracker = WatchTracker(WATCH, "agent")
     tracker.delay_after(PLAIN, True, '"h1"', 0.01)
     held = tracker.next_request(agent_up=True)

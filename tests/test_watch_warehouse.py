@@ -170,7 +170,7 @@ def test_a_restart_with_a_new_column_is_one_reload_in_watch_mode(
             health_check_mode="watch",
             health_check_watch_wait=1.0,  # a probe a second while nothing changes
         )
-        datasource = RpcDatasource(
+        datasource = RpcDatasource.connect(
             settings, on_schema_change=on_schema_change, on_server_recovered=recovered.set
         )
     try:

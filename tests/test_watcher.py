@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from rpc_datasource.callbacks import OrderedCallbacks
-from rpc_datasource.events import ProbeEvent
-from rpc_datasource.health_state import FailureReason, HealthState, ProbeResult
-from rpc_datasource.policy import ProbePolicy
-from rpc_datasource.probe import ProbeOutcome
-from rpc_datasource.watch_mode import ProbeRequest
-from rpc_datasource.watcher import HealthWatcher
+from rpc_datasource.health.events import ProbeEvent
+from rpc_datasource.health.policy import ProbePolicy
+from rpc_datasource.health.state import FailureReason, HealthState, ProbeResult
+from rpc_datasource.health.watch_rules import ProbeRequest
+from rpc_datasource.runtime.callbacks import OrderedCallbacks
+from rpc_datasource.runtime.watcher import HealthWatcher
+from rpc_datasource.transport.probe import ProbeOutcome
 from tests.fake_clock import FakeClock, settle
 
 OK = ProbeResult.ok("instance-a", '"etag"')

@@ -11,10 +11,11 @@ from urllib.parse import urlsplit
 
 from examples.logs import configure_logging
 from examples.master.app import create_master_app
-from rpc_agent.serving import listening_socket, serve_until_signalled
+from rpc_agent.servers.runner import listening_socket, serve_until_signalled
 from rpc_common.settings import ConfigurationError
-from rpc_datasource import RpcDatasource, SchemaFetchError, metrics
+from rpc_datasource import RpcDatasource, SchemaFetchError
 from rpc_datasource.datasource import load_datasource_settings
+from rpc_datasource.instrumentation import metrics
 from rpc_datasource.settings import DatasourceSettings
 
 logger = logging.getLogger("examples.master")

@@ -8,9 +8,9 @@ import sys
 
 from examples.warehouse.app import create_app
 from examples.warehouse.cli import parse_arguments, settings_or_none
-from rpc_agent import waitress
 from rpc_agent.extension import EXTENSION_KEY
-from rpc_agent.serving import serve_agent_until_signalled
+from rpc_agent.servers import waitress
+from rpc_agent.servers.runner import serve_agent_until_signalled
 from rpc_common.settings import ConfigurationError
 
 logger = logging.getLogger("examples.warehouse")

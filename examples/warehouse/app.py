@@ -13,7 +13,7 @@ from examples.warehouse.database import connect, read_schema
 from rpc_agent import AgentSettings, RpcAgent, metrics
 from rpc_agent.asgi import ASGIApp
 from rpc_agent.extension import EXTENSION_KEY
-from rpc_agent.serving import asgi_app
+from rpc_agent.servers.runner import asgi_app
 
 
 def create_app(db_path: Path | str, settings: AgentSettings | None = None) -> Flask:
@@ -44,7 +44,7 @@ def create_app(db_path: Path | str, settings: AgentSettings | None = None) -> Fl
 
 def create_asgi_app(db_path: Path | str, settings: AgentSettings | None = None) -> ASGIApp:
     """The warehouse for ASGI workers, agent in front on the event loop:
-    `gunicorn -c python:rpc_agent.gunicorn -k rpc_agent.gunicorn_uvicorn.UvicornWorker
+    `gunicorn -c python:rpc_agent.gunicorn -k rpc_agent.servers.uvicorn_worker.UvicornWorker
     'examples.warehouse.app:create_asgi_app("w.db")'`."""
     app = create_app(db_path, settings)
     return asgi_app(app, app.extensions[EXTENSION_KEY])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from examples.logs import configure_logging
 from rpc_agent import AgentSettings
-from rpc_agent.core import load_agent_settings
+from rpc_agent.core.agent import load_agent_settings
 from rpc_common.settings import ConfigurationError
 
 

@@ -8,7 +8,7 @@ import sys
 
 from examples.warehouse.cli import parse_arguments, settings_or_none
 from examples.warehouse_asgi.app import create_app
-from rpc_agent.serving import serve_asgi_until_signalled
+from rpc_agent.servers.runner import serve_asgi_until_signalled
 
 logger = logging.getLogger("examples.warehouse_asgi")
 

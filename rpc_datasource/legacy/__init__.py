@@ -1,0 +1,1 @@
+"""The legacy Server-Sent Events client, kept to compare the designs honestly."""

@@ -1,0 +1,1 @@
+"""The agent's schema: fetching it, deciding when to, and what changed."""
