@@ -19,7 +19,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
     ) from error
 
 from rpc_agent.core.agent import AgentCore
-from rpc_agent.core.events import AgentRequestEvent, get_request_hooks, set_request_hooks
+from rpc_agent.core.events import AgentRequestEvent, request_hooks
 from rpc_agent.process import state as server_process
 from rpc_common.instrumentation import InstrumentedRegistries
 
@@ -89,11 +89,11 @@ class AgentMetrics:
 
 
 def _attach(metrics: AgentMetrics) -> None:
-    set_request_hooks([*get_request_hooks(), metrics.observe_request])
+    request_hooks.register(metrics.observe_request)
 
 
 def _detach(metrics: AgentMetrics) -> None:
-    set_request_hooks([hook for hook in get_request_hooks() if hook != metrics.observe_request])
+    request_hooks.remove(metrics.observe_request)
 
 
 _registries = InstrumentedRegistries(AgentMetrics, _attach, _detach)

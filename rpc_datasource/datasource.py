@@ -20,7 +20,7 @@ from rpc_datasource.health.events import (
     ProbeHook,
     SchemaEvent,
     SchemaOutcome,
-    deliver_schema,
+    schema_hooks,
 )
 from rpc_datasource.health.policy import ProbeMode
 from rpc_datasource.health_client import Callback, HealthCheckClient
@@ -324,4 +324,4 @@ class RpcDatasource:
         error: str | None = None,
     ) -> None:
         event = SchemaEvent(self.name, outcome, etag, change=change, error=error)
-        deliver_schema(event, self._schema_hooks)
+        schema_hooks.deliver(event, self.name, self._schema_hooks)

@@ -185,13 +185,13 @@ def test_a_raising_request_hook_is_logged_and_the_answer_still_goes_out(
 
     set_request_hooks([raising, *get_request_hooks()])
     client = Client(wsgi_wrapped())
-    with caplog.at_level(logging.ERROR, logger="rpc_agent.core.events"):
+    with caplog.at_level(logging.ERROR, logger="rpc_common.hooks"):
         response = get_signed(client, HEALTH)
     assert response.status_code == 200
     assert response.get_json()["status"] == "ok"
     # The hook after the raising one still ran.
     assert requests(registry, "health", 200) == 1.0
-    records = [r for r in caplog.records if r.name == "rpc_agent.core.events"]
+    records = [r for r in caplog.records if r.name == "rpc_common.hooks"]
     assert len(records) == 1
     assert "request hook" in records[0].getMessage()
     assert records[0].exc_info is not None

@@ -18,10 +18,10 @@ from rpc_datasource.health.events import (
     ProbeEvent,
     SchemaEvent,
     SchemaOutcome,
-    deliver,
-    deliver_schema,
     get_probe_hooks,
     get_schema_hooks,
+    probe_hooks,
+    schema_hooks,
     set_probe_hooks,
     set_schema_hooks,
 )
@@ -364,12 +364,14 @@ def test_instrument_is_idempotent_and_adds_one_hook_of_each_kind(
     assert get_schema_hooks() == (*schema_hooks, metrics.observe_schema)
 
 
-def test_instrumented_metrics_are_fed_through_deliver(instrumented: CollectorRegistry) -> None:
+def test_instrumented_metrics_are_fed_through_the_process_hooks(
+    instrumented: CollectorRegistry,
+) -> None:
     instrument(instrumented)
     own: list[ProbeEvent] = []
-    deliver(probe_event(AGENT), [own.append])
-    deliver(probe_event(AGENT, REFUSED), ())
-    deliver_schema(SchemaEvent(AGENT, SchemaOutcome.LOADED, '"s"'), ())
+    probe_hooks.deliver(probe_event(AGENT), AGENT, [own.append])
+    probe_hooks.deliver(probe_event(AGENT, REFUSED), AGENT, ())
+    schema_hooks.deliver(SchemaEvent(AGENT, SchemaOutcome.LOADED, '"s"'), AGENT)
     assert len(own) == 1
     assert value(instrumented, PROBES, agent=AGENT) == 2.0
     assert value(instrumented, UP, agent=AGENT) == 1.0
@@ -381,20 +383,20 @@ def test_instrumented_metrics_are_fed_through_deliver(instrumented: CollectorReg
 def test_uninstrument_removes_the_hooks_and_the_metrics(
     instrumented: CollectorRegistry, saved_hooks: tuple[tuple[object, ...], tuple[object, ...]]
 ) -> None:
-    probe_hooks, schema_hooks = saved_hooks
+    saved_probe_hooks, saved_schema_hooks = saved_hooks
     metrics = instrument(instrumented)
-    deliver(probe_event(AGENT), ())
+    probe_hooks.deliver(probe_event(AGENT), AGENT, ())
     assert b"forest_datasource_probes_total" in generate_latest(instrumented)
 
     uninstrument(instrumented)
-    assert get_probe_hooks() == probe_hooks
-    assert get_schema_hooks() == schema_hooks
+    assert get_probe_hooks() == saved_probe_hooks
+    assert get_schema_hooks() == saved_schema_hooks
     assert b"forest_datasource_" not in generate_latest(instrumented)
     uninstrument(instrumented)  # a second call does nothing
-    assert get_probe_hooks() == probe_hooks
+    assert get_probe_hooks() == saved_probe_hooks
 
     # The old metrics hear nothing more (read from the collector itself).
-    deliver(probe_event(AGENT), ())
+    probe_hooks.deliver(probe_event(AGENT), AGENT, ())
     (family,) = metrics.probes.collect()
     totals = [s.value for s in family.samples if s.name == PROBES and s.labels["agent"] == AGENT]
     assert totals == [1.0]
@@ -403,7 +405,7 @@ def test_uninstrument_removes_the_hooks_and_the_metrics(
     again = instrument(instrumented)
     assert again is not metrics
     assert value(instrumented, PROBES, agent=AGENT) is None
-    deliver(probe_event(AGENT), ())
+    probe_hooks.deliver(probe_event(AGENT), AGENT, ())
     assert value(instrumented, PROBES, agent=AGENT) == 1.0
 
 

@@ -185,7 +185,7 @@ def test_a_hook_that_blocks_the_loop_is_named_in_a_rate_limited_warning(
         calls.release()
 
     client = HealthCheckClient(warehouse.url, TEST_SECRET, 0.05, hooks=[slow_metrics_hook])
-    with caplog.at_level(logging.WARNING, logger="rpc_datasource.health.events"):
+    with caplog.at_level(logging.WARNING, logger="rpc_common.hooks"):
         client.start()
         try:
             for _ in range(8):

@@ -6,11 +6,10 @@ or event loop that answered, so they must be quick and must not block.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-logger = logging.getLogger(__name__)
+from rpc_common.hooks import Hooks
 
 
 @dataclass(frozen=True)
@@ -24,24 +23,21 @@ class AgentRequestEvent:
 
 RequestHook = Callable[[AgentRequestEvent], None]
 
-_hooks: tuple[RequestHook, ...] = ()
+request_hooks: Hooks[AgentRequestEvent] = Hooks(
+    "request", "delayed the answer on the server's thread or event loop"
+)
 
 
 def set_request_hooks(hooks: Iterable[RequestHook]) -> None:
     """Hooks that every agent in the process calls after answering a request on its routes."""
-    global _hooks
-    _hooks = tuple(hooks)
+    request_hooks.replace(hooks)
 
 
 def get_request_hooks() -> tuple[RequestHook, ...]:
     """The process-wide hooks set by `set_request_hooks`."""
-    return _hooks
+    return request_hooks.registered
 
 
 def deliver(event: AgentRequestEvent) -> None:
     """Hand `event` to each hook; one that raises is logged, and the answer goes out."""
-    for hook in _hooks:
-        try:
-            hook(event)
-        except Exception:
-            logger.exception("request hook %r raised on %s; carrying on", hook, event)
+    request_hooks.deliver(event, f"the {event.route} route")

@@ -21,10 +21,8 @@ from rpc_datasource.health.events import (
     ProbeEvent,
     SchemaEvent,
     SchemaOutcome,
-    get_probe_hooks,
-    get_schema_hooks,
-    set_probe_hooks,
-    set_schema_hooks,
+    probe_hooks,
+    schema_hooks,
 )
 from rpc_datasource.health.state import FailureReason, HealthState
 from rpc_datasource.instrumentation.in_flight import probes_in_flight
@@ -164,13 +162,13 @@ class DatasourceMetrics:
 
 
 def _attach(metrics: DatasourceMetrics) -> None:
-    set_probe_hooks([*get_probe_hooks(), metrics.observe_probe])
-    set_schema_hooks([*get_schema_hooks(), metrics.observe_schema])
+    probe_hooks.register(metrics.observe_probe)
+    schema_hooks.register(metrics.observe_schema)
 
 
 def _detach(metrics: DatasourceMetrics) -> None:
-    set_probe_hooks([hook for hook in get_probe_hooks() if hook != metrics.observe_probe])
-    set_schema_hooks([hook for hook in get_schema_hooks() if hook != metrics.observe_schema])
+    probe_hooks.remove(metrics.observe_probe)
+    schema_hooks.remove(metrics.observe_schema)
 
 
 _registries = InstrumentedRegistries(DatasourceMetrics, _attach, _detach)

@@ -12,7 +12,7 @@ import random
 from collections.abc import Sequence
 
 from rpc_datasource.health.clock import Clock, LoopClock
-from rpc_datasource.health.events import ProbeEvent, ProbeHook, deliver
+from rpc_datasource.health.events import ProbeEvent, ProbeHook, probe_hooks
 from rpc_datasource.health.policy import ProbePolicy
 from rpc_datasource.health.state import (
     FailureReason,
@@ -86,7 +86,7 @@ class HealthWatcher:
             consecutive_failures=self.machine.consecutive_failures,
             actions=actions,
         )
-        deliver(event, self._hooks)
+        probe_hooks.deliver(event, event.client, self._hooks)
         return event
 
     async def _guarded_probe(self, request: ProbeRequest) -> ProbeOutcome:
