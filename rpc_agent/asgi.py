@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import quote
 
 from rpc_agent.core.routes import (
-    MAX_REQUEST_BODY,
     AgentMiddlewareBase,
     AgentRequest,
     Headers,
@@ -22,6 +19,7 @@ from rpc_agent.core.routes import (
 )
 from rpc_agent.core.sse import SseStream
 from rpc_agent.process import stop_signal
+from rpc_common import protocol
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +28,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def route_path(scope: Scope) -> str:
@@ -43,15 +39,13 @@ def route_path(scope: Scope) -> str:
     return path
 
 
-def request_target(scope: Scope) -> str:
+def scope_target(scope: Scope) -> str:
     """The request target as the client sent it: the raw path and the query."""
+    query = bytes(scope.get("query_string", b"")).decode("latin-1")
     raw_path = scope.get("raw_path")
     if raw_path:
-        path = bytes(raw_path).decode("latin-1")
-    else:
-        path = quote(scope["path"], safe="/;=,~!$&'()*+:@")
-    query = bytes(scope.get("query_string", b"")).decode("latin-1")
-    return f"{path}?{query}" if query else path
+        return protocol.request_target(bytes(raw_path).decode("latin-1"), query)
+    return protocol.request_target(scope["path"], query, quoted=False)
 
 
 class RequestHeaders:
@@ -83,7 +77,7 @@ class RequestHeaders:
 
 async def read_body(receive: Receive, declared: int) -> bytes | None:
     """The request body, or None when it is (or grows) over the cap."""
-    if declared > MAX_REQUEST_BODY:
+    if declared > protocol.MAX_REQUEST_BODY:
         return None
     chunks: list[bytes] = []
     size = 0
@@ -93,7 +87,7 @@ async def read_body(receive: Receive, declared: int) -> bytes | None:
             return b""
         chunk = bytes(message.get("body", b""))
         size += len(chunk)
-        if size > MAX_REQUEST_BODY:
+        if size > protocol.MAX_REQUEST_BODY:
             return None
         chunks.append(chunk)
         if not message.get("more_body", False):
@@ -127,7 +121,7 @@ class RpcAgentMiddleware(AgentMiddlewareBase[ASGIApp]):
             return
         request = AgentRequest(
             method=scope["method"],
-            target=request_target(scope),
+            target=scope_target(scope),
             query=bytes(scope.get("query_string", b"")).decode("latin-1"),
             timestamp=headers.get(b"x-timestamp"),
             signature=headers.get(b"x-signature"),
@@ -147,7 +141,7 @@ class RpcAgentMiddleware(AgentMiddlewareBase[ASGIApp]):
         async def watched() -> Message:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                stop_signal.install(STOP_SIGNALS, stop_signal.shutdown_of(self.agent))
+                stop_signal.install(stop_signal.STOP_SIGNALS, stop_signal.shutdown_of(self.agent))
             elif message["type"] == "lifespan.shutdown":
                 self.agent.begin_shutdown()
             return message

@@ -6,16 +6,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
-from urllib.parse import quote
 
 from rpc_agent.core.routes import (
-    MAX_REQUEST_BODY,
     AgentMiddlewareBase,
     AgentRequest,
     HoldHealth,
     OpenSse,
     Reply,
 )
+from rpc_common import protocol
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -33,17 +32,14 @@ STATUS_LINES = {
 }
 
 
-def request_target(environ: WSGIEnvironment) -> str:
+def environ_target(environ: WSGIEnvironment) -> str:
     """The request target as the client sent it: path and query."""
     raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     if raw:
-        path, mark, query = str(raw).partition("?")
-        # An empty query is no query, as in ASGI's scope and the clients' signed target.
-        return f"{path}{mark}{query}" if query else path
+        path, _, query = str(raw).partition("?")
+        return protocol.request_target(path, query)
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    path = quote(path, safe="/;=,~!$&'()*+:@")
-    query = environ.get("QUERY_STRING", "")
-    return f"{path}?{query}" if query else path
+    return protocol.request_target(path, environ.get("QUERY_STRING", ""), quoted=False)
 
 
 def read_body(environ: WSGIEnvironment) -> bytes | None:
@@ -52,7 +48,7 @@ def read_body(environ: WSGIEnvironment) -> bytes | None:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
         length = 0
-    if length > MAX_REQUEST_BODY:
+    if length > protocol.MAX_REQUEST_BODY:
         return None
     if length > 0:
         return bytes(environ["wsgi.input"].read(length))
@@ -62,7 +58,7 @@ def read_body(environ: WSGIEnvironment) -> bytes | None:
 def agent_request(environ: WSGIEnvironment, body: bytes) -> AgentRequest:
     return AgentRequest(
         method=environ.get("REQUEST_METHOD", "GET"),
-        target=request_target(environ),
+        target=environ_target(environ),
         query=environ.get("QUERY_STRING", ""),
         timestamp=environ.get("HTTP_X_TIMESTAMP"),
         signature=environ.get("HTTP_X_SIGNATURE"),

@@ -37,9 +37,6 @@ class AuthSecretSettings(BaseSettings):
         return value
 
 
-DEFAULT_URL_PREFIX = "/forest"
-
-
 def normalised_url_prefix(value: str) -> str:
     """The agent routes' prefix, `/forest` or `/api/forest` ("/" means none); `ValueError`
     for any other shape, so a typo is refused at start instead of giving 404s forever."""

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
 
-TIMESTAMP_HEADER = "X-Timestamp"
-SIGNATURE_HEADER = "X-Signature"
+from rpc_common.protocol import SIGNATURE_HEADER, TIMESTAMP_HEADER
+
 BOUND_PREFIX = "v2="
 DEFAULT_CLOCK_SKEW = 300.0
 # Real timestamps are ~30 characters; anything far longer is refused before parsing.

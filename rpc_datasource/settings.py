@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from rpc_common.settings import DEFAULT_URL_PREFIX, AuthSecretSettings, normalised_url_prefix
+from rpc_common.protocol import DEFAULT_SCHEMA_MAX_BYTES, DEFAULT_URL_PREFIX
+from rpc_common.settings import AuthSecretSettings, normalised_url_prefix
 from rpc_common.signing import SignatureScheme
 from rpc_datasource.health.policy import ProbeMode, ProbePolicy
-from rpc_datasource.transport.endpoint import DEFAULT_SCHEMA_MAX_BYTES, AgentEndpoint
+from rpc_datasource.transport.endpoint import AgentEndpoint
 
 
 class DatasourceSettings(AuthSecretSettings):

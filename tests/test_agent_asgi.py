@@ -30,11 +30,10 @@ from fastapi import FastAPI, Request
 
 from rpc_agent import AgentSettings
 from rpc_agent.asgi import RpcAgentMiddleware
-from rpc_agent.core.routes import MAX_REQUEST_BODY
 from rpc_agent.core.sse import StreamEnd
-from rpc_agent.process.stop_signal import DrainingStopHandler
+from rpc_agent.process.stop_signal import STOP_SIGNALS, DrainingStopHandler
+from rpc_common.protocol import HEARTBEAT_EVENT, MAX_REQUEST_BODY, STOP_EVENT
 from rpc_common.signing import sign_original, signed_headers
-from rpc_common.sse_protocol import HEARTBEAT_EVENT, STOP_EVENT
 from tests.support import OTHER_SECRET, TEST_SECRET
 
 Message = dict[str, Any]
@@ -56,7 +55,6 @@ TEST_DEADLINE_S = 20.0
 LONG_WAIT = 20
 LONG_INTERVAL = 30.0
 POLL_S = 0.005
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 SCHEMA_A: dict[str, Any] = {
     "collections": [

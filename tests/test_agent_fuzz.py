@@ -46,8 +46,8 @@ from werkzeug.test import Client
 from rpc_agent import AgentCore, AgentSettings, RpcAgent
 from rpc_agent import asgi as agent_asgi
 from rpc_agent import wsgi as agent_wsgi
-from rpc_agent.core.routes import MAX_REQUEST_BODY
 from rpc_agent.core.schema import schema_etag
+from rpc_common.protocol import MAX_REQUEST_BODY
 from rpc_common.signing import (
     VerificationFailure,
     format_timestamp,

@@ -17,7 +17,7 @@ import requests
 
 from rpc_agent import RpcAgent
 from rpc_agent.core.sse import SseConnection, SseConnectionManager, StreamEnd, format_event
-from rpc_common.sse_protocol import (
+from rpc_common.protocol import (
     HEARTBEAT_EVENT,
     STOP_EVENT,
     SUPERSEDED_EVENT,

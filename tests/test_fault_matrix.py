@@ -52,6 +52,7 @@ import pytest
 from freezegun import freeze_time
 
 from examples.warehouse.database import add_column
+from rpc_common.protocol import DEFAULT_HEALTH_MAX_BYTES
 from rpc_common.settings import ConfigurationError
 from rpc_datasource import (
     DatasourceSettings,
@@ -66,7 +67,6 @@ from rpc_datasource import (
     set_probe_hooks,
     set_schema_hooks,
 )
-from rpc_datasource.transport.endpoint import DEFAULT_HEALTH_MAX_BYTES
 from tests.scripted_server import Answer, Received, ScriptedServer
 from tests.support import (
     HEALTH_PATH,

@@ -17,11 +17,12 @@ from typing import Any
 
 import pytest
 
+from rpc_common.protocol import DEFAULT_HEALTH_MAX_BYTES
 from rpc_common.signing import parse_timestamp, sign_bound, sign_original, verify_request
 from rpc_datasource import HealthCheckClient
 from rpc_datasource.health.state import FailureReason, ProbeKind, ProbeResult
 from rpc_datasource.runtime.engine import new_session
-from rpc_datasource.transport.endpoint import DEFAULT_HEALTH_MAX_BYTES, AgentEndpoint
+from rpc_datasource.transport.endpoint import AgentEndpoint
 from rpc_datasource.transport.http import AgentRequestError, AgentResponse, signed_get
 from rpc_datasource.transport.probe import probe_health
 from tests.scripted_server import Answer, Received, ScriptedServer, scripted_server

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from rpc_common.protocol import DEFAULT_SCHEMA_MAX_BYTES
 from rpc_datasource import AgentEndpoint, SchemaFetchError
 from rpc_datasource.runtime.engine import new_session
 from rpc_datasource.schema.fetch import FetchedSchema, fetch_schema
-from rpc_datasource.transport.endpoint import DEFAULT_SCHEMA_MAX_BYTES
 from tests.scripted_server import Answer, ScriptedServer, scripted_server
 from tests.support import TEST_SECRET, free_port
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from enum import Enum
 from typing import Generic, TypeVar
 from urllib.parse import parse_qsl
 
@@ -18,26 +17,14 @@ from rpc_agent.core.schema import SchemaProvider
 from rpc_agent.core.settings import AgentSettings
 from rpc_common import log_limit
 from rpc_common.log_limit import clipped, dropped_note
+from rpc_common.protocol import ETAG_HEADER, MAX_REQUEST_BODY, Route, etag_matches
 from rpc_common.signing import VerificationFailure, verify_request
 
 logger = logging.getLogger(__name__)
 
-# Agent routes are GETs; a body larger than this is refused before it is read.
-MAX_REQUEST_BODY = 64 * 1024
 ALLOWED_METHODS = ("GET", "HEAD")
 
 Headers = list[tuple[str, str]]
-
-
-class Route(Enum):
-    HEALTH = "/health"
-    SCHEMA = "/rpc-schema"
-    SSE = "/sse"
-
-    @property
-    def label(self) -> str:
-        """The route's name in events and metrics: `health`, `rpc-schema`, `sse`."""
-        return self.value.removeprefix("/")
 
 
 @dataclass(frozen=True)
@@ -102,15 +89,6 @@ def too_large_reply() -> Reply:
     )
 
 
-def etag_matches(if_none_match: str | None, etag: str) -> bool:
-    """Whether an `If-None-Match` value names `etag` (weak comparison, as RFC 9110 asks)."""
-    if not if_none_match:
-        return False
-    if if_none_match.strip() == "*":
-        return True
-    return any(tag.strip().removeprefix("W/") == etag for tag in if_none_match.split(","))
-
-
 def wait_value(query: str) -> str | None:
     """The first `wait` of a query string, if any."""
     if not query:
@@ -127,7 +105,7 @@ class AgentRoutes:
     def __init__(self, agent: AgentCore) -> None:
         self.agent = agent
         prefix = agent.settings.url_prefix
-        self._paths = {prefix + route.value: route for route in Route}
+        self._paths = {prefix + route.path: route for route in Route}
 
     def match(self, path: str) -> Route | None:
         """The agent's route at `path`, or None for a path the wrapped app serves."""
@@ -188,7 +166,7 @@ class AgentRoutes:
         if request.method not in ALLOWED_METHODS:
             return json_reply(
                 405,
-                {"error": "method_not_allowed", "reason": f"{route.value} answers GET only"},
+                {"error": "method_not_allowed", "reason": f"{route.path} answers GET only"},
                 [("Allow", ", ".join(ALLOWED_METHODS))],
             )
         if route is Route.HEALTH:
@@ -223,13 +201,13 @@ class AgentRoutes:
         headers = [
             *json_headers(body),
             ("Cache-Control", "no-store"),
-            ("ETag", state.etag),
+            (ETAG_HEADER, state.etag),
         ]
         return Reply(state.status_code, headers, body)
 
     def _schema(self, request: AgentRequest) -> Reply:
         answer = self.agent.schema_answer()
-        cache = [("ETag", answer.etag), ("Cache-Control", "no-cache")]
+        cache = [(ETAG_HEADER, answer.etag), ("Cache-Control", "no-cache")]
         if etag_matches(request.if_none_match, answer.etag):
             return Reply(304, cache, b"")
         return Reply(200, [*json_headers(answer.body), *cache], answer.body)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr, field_validator
 
-from rpc_common.settings import AuthSecretSettings, split_secrets
+from rpc_common.protocol import DEFAULT_URL_PREFIX
+from rpc_common.settings import AuthSecretSettings, normalised_url_prefix, split_secrets
 from rpc_common.signing import DEFAULT_CLOCK_SKEW
 
 
@@ -17,7 +18,7 @@ class AgentSettings(AuthSecretSettings):
     require_bound_signatures: bool = False
     allowed_clock_skew: float = Field(default=DEFAULT_CLOCK_SKEW, gt=0, le=86_400)
     sse_heartbeat_interval: float = Field(default=10.0, gt=0, le=3_600)
-    url_prefix: str = "/forest"
+    url_prefix: str = DEFAULT_URL_PREFIX
     health_max_wait: float = Field(default=30.0, ge=0, le=3_600)
     health_max_watchers: int = Field(default=8, ge=0, le=100_000)
     shutdown_drain_seconds: float = Field(default=1.0, ge=0, le=600)
@@ -29,9 +30,7 @@ class AgentSettings(AuthSecretSettings):
     @field_validator("url_prefix")
     @classmethod
     def _prefix_shape(cls, value: str) -> str:
-        if not value.startswith("/") or (len(value) > 1 and value.endswith("/")):
-            raise ValueError("url_prefix must start with '/' and not end with one")
-        return "" if value == "/" else value
+        return normalised_url_prefix(value)
 
     def verification_secrets(self) -> list[str]:
         """The current secret first, then the previous ones still accepted."""

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from enum import StrEnum
 
 from rpc_agent.process.state import worker_heartbeat
-from rpc_common.sse_protocol import (
+from rpc_common.protocol import (
     HEARTBEAT_EVENT,
     STOP_EVENT,
     SUPERSEDED_EVENT,

@@ -18,6 +18,9 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[int, FrameType | None], object] | int | None
 
+# The signals that stop a server the agent runs under.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
 
 def shutdown_of(agent: ServedAgent) -> Callable[[], float]:
     """A `begin` for one agent: begins its shutdown and gives its drain; or, when a reload

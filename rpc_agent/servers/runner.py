@@ -28,6 +28,7 @@ from a2wsgi import WSGIMiddleware
 
 from rpc_agent.asgi import ASGIApp, RpcAgentMiddleware
 from rpc_agent.core.agent import AgentCore
+from rpc_agent.process.stop_signal import STOP_SIGNALS
 from rpc_agent.servers.http_protocol import GuardedHttpToolsProtocol
 from rpc_common.log_limit import AnonymousLinesFilter
 
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 LISTEN_BACKLOG = 2048
 # Threads for the app's own (WSGI) requests; the agent's routes need none.
 APP_THREADS = 16

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 DEFAULT_THREADS = 4
 
 
@@ -55,9 +54,9 @@ def serve(
     Call it from the main thread."""
     agent.health_watch.cap(held_watch_share(threads))
     server: Any = waitress.create_server(app, host=host, port=port, threads=threads, **options)
-    for signum in STOP_SIGNALS:
+    for signum in stop_signal.STOP_SIGNALS:
         signal.signal(signum, _end_serving)
-    stop_signal.install(STOP_SIGNALS, stop_signal.shutdown_of(agent))
+    stop_signal.install(stop_signal.STOP_SIGNALS, stop_signal.shutdown_of(agent))
     logger.info(
         "serving on http://%s:%s (waitress, %d threads)",
         server.effective_host,

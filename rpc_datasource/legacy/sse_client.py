@@ -13,14 +13,14 @@ from collections.abc import Callable
 
 import aiohttp
 
-from rpc_common.signing import SignatureScheme, signed_headers
-from rpc_common.sse_protocol import HEARTBEAT_EVENT, STOP_EVENT, SUPERSEDED_EVENT
+from rpc_common.protocol import HEARTBEAT_EVENT, STOP_EVENT, SUPERSEDED_EVENT, Route
+from rpc_common.signing import SignatureScheme
 from rpc_datasource.health.response import unauthorized_hint
 from rpc_datasource.health.timing import jittered, reconnect_backoff
 from rpc_datasource.legacy.sse_parser import SseEvent, SseParser
 from rpc_datasource.runtime.callbacks import OrderedCallbacks
 from rpc_datasource.runtime.engine import Engine, Spawned, shared_engine
-from rpc_datasource.transport.endpoint import request_target
+from rpc_datasource.transport.endpoint import AgentEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,6 @@ class SseClient:
         on_event: Callable[[SseEvent], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        if not auth_secret:
-            raise ValueError("auth_secret must not be empty")
         if not heartbeat_interval > 0:
             raise ValueError(
                 f"heartbeat_interval must be greater than 0, got {heartbeat_interval!r}"
@@ -73,8 +71,12 @@ class SseClient:
         self.silence_timeout = SILENCE_HEARTBEATS * heartbeat_interval
         self.connect_timeout = connect_timeout
         self.connection_attempts = 0
-        self._secret = auth_secret
-        self._scheme: SignatureScheme = signature_scheme
+        self.endpoint = AgentEndpoint(
+            url.rstrip("/").removesuffix(Route.SSE.path),
+            auth_secret,
+            scheme=signature_scheme,
+            timeout=connect_timeout,
+        )
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._closed = False
@@ -130,8 +132,7 @@ class SseClient:
     async def _follow_stream(self, engine: Engine) -> None:
         self.connection_attempts += 1
         logger.info("connecting to %s (attempt %d)", self.url, self.connection_attempts)
-        headers = signed_headers(self._secret, target=request_target(self.url), scheme=self._scheme)
-        headers["Accept"] = "text/event-stream"
+        headers = self.endpoint.signed_headers(self.url, {"Accept": "text/event-stream"})
         try:
             async with asyncio.timeout(self.connect_timeout):
                 response = await engine.session.get(

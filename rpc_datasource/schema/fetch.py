@@ -7,10 +7,11 @@ from typing import Any
 
 import aiohttp
 
+from rpc_common.protocol import IF_NONE_MATCH_HEADER, url_target
 from rpc_datasource.health.json_body import json_object
 from rpc_datasource.health.response import not_found_hint, unauthorized_hint
 from rpc_datasource.health.state import FailureReason
-from rpc_datasource.transport.endpoint import AgentEndpoint, request_target
+from rpc_datasource.transport.endpoint import AgentEndpoint
 from rpc_datasource.transport.http import AgentRequestError, signed_get
 
 SCHEMA_CAP_SETTING = "FOREST_SCHEMA_MAX_BYTES"
@@ -33,7 +34,7 @@ async def fetch_schema(
 ) -> FetchedSchema | None:
     """The schema, or None when the agent answers 304 to `if_none_match`."""
     url = endpoint.schema_url
-    extra = {"If-None-Match": if_none_match} if if_none_match else None
+    extra = {IF_NONE_MATCH_HEADER: if_none_match} if if_none_match else None
     try:
         reply = await signed_get(
             session, endpoint, url, max_bytes=endpoint.schema_max_bytes, extra_headers=extra
@@ -61,5 +62,5 @@ def _describe_refusal(status: int, body: bytes, url: str) -> str:
     if status == 401:
         hint = unauthorized_hint(reason)
     elif status == 404:
-        hint = not_found_hint(request_target(url))
+        hint = not_found_hint(url_target(url))
     return f"HTTP {status}" + (f" ({reason})" if reason else "") + hint

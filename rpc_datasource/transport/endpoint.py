@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from rpc_common.settings import DEFAULT_URL_PREFIX, MIN_SECRET_BYTES, normalised_url_prefix
+from rpc_common.protocol import (
+    DEFAULT_HEALTH_MAX_BYTES,
+    DEFAULT_SCHEMA_MAX_BYTES,
+    DEFAULT_URL_PREFIX,
+    Route,
+    url_target,
+)
+from rpc_common.settings import MIN_SECRET_BYTES, normalised_url_prefix
 from rpc_common.signing import SignatureScheme, signed_headers
-
-HEALTH_ROUTE = "health"
-SCHEMA_ROUTE = "rpc-schema"
-DEFAULT_HEALTH_MAX_BYTES = 64 * 1024
-DEFAULT_SCHEMA_MAX_BYTES = 64 * 1024 * 1024
-
-
-@functools.lru_cache(maxsize=1024)
-def request_target(url: str) -> str:
-    """The path and query of `url`, as the v2 signature binds them."""
-    parts = urlsplit(url)
-    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
 @dataclass(frozen=True)
@@ -51,7 +45,7 @@ class AgentEndpoint:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
         if not self.health_url:
-            object.__setattr__(self, "health_url", self.route_url(HEALTH_ROUTE))
+            object.__setattr__(self, "health_url", self.route_url(Route.HEALTH))
 
     @classmethod
     def for_agent(
@@ -59,7 +53,7 @@ class AgentEndpoint:
     ) -> AgentEndpoint:
         """The endpoint of the agent at `uri`: its base URI (`http://host:port`, to which
         `url_prefix` is added), or a URI that already ends in the health route."""
-        if urlsplit(uri).path.rstrip("/").endswith("/" + HEALTH_ROUTE):
+        if urlsplit(uri).path.rstrip("/").endswith(Route.HEALTH.path):
             return cls.from_health_url(uri, secret, **options)
         root = uri.rstrip("/") + normalised_url_prefix(url_prefix)
         return cls(root, secret, **options)  # type: ignore[arg-type]
@@ -67,23 +61,23 @@ class AgentEndpoint:
     @classmethod
     def from_health_url(cls, url: str, secret: str, **options: object) -> AgentEndpoint:
         """The endpoint of an agent given its health URL (`.../forest/health`)."""
-        root = url.rstrip("/").removesuffix("/" + HEALTH_ROUTE)
+        root = url.rstrip("/").removesuffix(Route.HEALTH.path)
         return cls(root, secret, health_url=url, **options)  # type: ignore[arg-type]
 
     @property
     def schema_url(self) -> str:
-        return self.route_url(SCHEMA_ROUTE)
+        return self.route_url(Route.SCHEMA)
 
     @property
     def secret_is_short(self) -> bool:
         return len(self.secret.encode("utf-8")) < MIN_SECRET_BYTES
 
-    def route_url(self, route: str) -> str:
-        """The full URL of one agent route, e.g. `route_url("health")`."""
-        return f"{self.root_url.rstrip('/')}/{route}"
+    def route_url(self, route: Route) -> str:
+        """The full URL of one agent route, e.g. `route_url(Route.SSE)`."""
+        return self.root_url.rstrip("/") + route.path
 
     def signed_headers(self, url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
         """Fresh `X-Timestamp` / `X-Signature` for a GET of `url`, plus `extra` headers."""
-        headers = signed_headers(self.secret, target=request_target(url), scheme=self.scheme)
+        headers = signed_headers(self.secret, target=url_target(url), scheme=self.scheme)
         headers.update(extra or {})
         return headers

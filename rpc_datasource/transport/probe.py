@@ -8,10 +8,11 @@ from typing import NamedTuple
 
 import aiohttp
 
+from rpc_common.protocol import IF_NONE_MATCH_HEADER, url_target
 from rpc_datasource.health.response import classify_health_response
 from rpc_datasource.health.state import ProbeResult
 from rpc_datasource.health.watch_rules import PLAIN, ProbeRequest
-from rpc_datasource.transport.endpoint import AgentEndpoint, request_target
+from rpc_datasource.transport.endpoint import AgentEndpoint
 from rpc_datasource.transport.http import AgentRequestError, signed_get
 
 
@@ -37,7 +38,7 @@ async def probe_health(
         url = f"{url}{'&' if '?' in url else '?'}wait={request.wait:g}"
         timeout = request.wait + endpoint.timeout
         if request.if_none_match is not None:
-            extra = {"If-None-Match": request.if_none_match}
+            extra = {IF_NONE_MATCH_HEADER: request.if_none_match}
     try:
         reply = await signed_get(
             session,
@@ -54,6 +55,6 @@ async def probe_health(
         reply.body,
         reply.headers.get("Date"),
         datetime.now(UTC),
-        request_target(endpoint.health_url),
+        url_target(endpoint.health_url),
     )
     return ProbeOutcome(result, reply.latency_s, reply.headers.get("ETag"))
