@@ -61,8 +61,8 @@ from bench._support import (
 )
 from examples.warehouse.database import connect
 from rpc_common.signing import signed_headers
-from tests.server_processes import ALL_KINDS as KINDS
-from tests.server_processes import ServerKind
+from tests.support.server_processes import ALL_KINDS as KINDS
+from tests.support.server_processes import ServerKind
 
 HEALTH = "/forest/health"
 SSE = "/forest/sse"

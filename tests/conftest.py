@@ -11,7 +11,7 @@ import pytest
 
 from rpc_agent.process import state as server_process
 from tests.support import library_threads, wait_until
-from tests.test_warehouse import Warehouse, running_warehouse
+from tests.support.warehouse import Warehouse, running_warehouse
 
 
 @pytest.fixture(autouse=True)

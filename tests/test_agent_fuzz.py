@@ -56,8 +56,8 @@ from rpc_common.signing import (
     verify_request,
 )
 from tests.support import OTHER_SECRET, TEST_SECRET
-from tests.test_agent_asgi import Exchange, RawApp
-from tests.test_agent_routes import HAND_PICKED
+from tests.support.asgi_calls import Exchange, RawApp
+from tests.support.odd_headers import HAND_PICKED
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment

@@ -27,7 +27,7 @@ from rpc_agent.process import state as server_process
 from rpc_common.signing import signed_headers
 from rpc_common.version import package_version
 from tests.support import OTHER_SECRET, TEST_SECRET, signed
-from tests.test_agent_asgi import (
+from tests.support.asgi_calls import (
     LONG_INTERVAL,
     LONG_WAIT,
     SSE,
@@ -38,9 +38,9 @@ from tests.test_agent_asgi import (
     request,
     watch,
 )
-from tests.test_agent_asgi import wrapped as asgi_wrapped
-from tests.test_agent_wsgi import HEALTH, SCHEMA_ROUTE, get_signed
-from tests.test_agent_wsgi import wrapped as wsgi_wrapped
+from tests.support.asgi_calls import wrapped as asgi_wrapped
+from tests.support.wsgi_calls import HEALTH, SCHEMA_ROUTE, get_signed
+from tests.support.wsgi_calls import wrapped as wsgi_wrapped
 
 REQUESTS = "forest_agent_requests_total"
 UNAUTHORIZED = "forest_agent_unauthorized_total"

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.scripted_server import Answer, scripted_server
 from tests.support import OTHER_SECRET, TEST_SECRET, agent_app, free_port, live_server
-from tests.test_warehouse import Warehouse
+from tests.support.scripted_server import Answer, scripted_server
+from tests.support.warehouse import Warehouse
 
 COMMAND_DEADLINE_S = 20.0
 

@@ -29,7 +29,7 @@ import pytest
 from rpc_agent.servers.runner import listening_socket
 from rpc_datasource import HealthCheckClient, RpcDatasource
 from tests.support import TEST_SECRET, library_threads, wait_until
-from tests.test_warehouse import HEALTH, Warehouse, running_warehouse
+from tests.support.warehouse import HEALTH, Warehouse, running_warehouse
 
 CYCLE_INTERVAL = 0.05  # the first probe comes within one interval of start()
 PROBE_TIMEOUT = 2.0

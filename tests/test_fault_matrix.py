@@ -67,7 +67,6 @@ from rpc_datasource import (
     set_probe_hooks,
     set_schema_hooks,
 )
-from tests.scripted_server import Answer, Received, ScriptedServer
 from tests.support import (
     HEALTH_PATH,
     OTHER_SECRET,
@@ -77,7 +76,8 @@ from tests.support import (
     unresolvable_name,
     wait_until,
 )
-from tests.test_warehouse import Warehouse, running_warehouse
+from tests.support.scripted_server import Answer, Received, ScriptedServer
+from tests.support.warehouse import Warehouse, running_warehouse
 
 MODES = ("poll", "watch")
 TIMEOUT_S = 0.5

@@ -25,7 +25,6 @@ from rpc_datasource.runtime.engine import new_session
 from rpc_datasource.transport.endpoint import AgentEndpoint
 from rpc_datasource.transport.http import AgentRequestError, AgentResponse, signed_get
 from rpc_datasource.transport.probe import probe_health
-from tests.scripted_server import Answer, Received, ScriptedServer, scripted_server
 from tests.support import (
     HEALTH_PATH,
     OTHER_SECRET,
@@ -34,6 +33,7 @@ from tests.support import (
     library_threads,
     unresolvable_name,
 )
+from tests.support.scripted_server import Answer, Received, ScriptedServer, scripted_server
 
 HEALTH_BODY: dict[str, Any] = {
     "status": "ok",

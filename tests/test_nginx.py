@@ -33,10 +33,10 @@ from pydantic import SecretStr
 
 from rpc_common.signing import SignatureScheme, format_timestamp, sign_original
 from rpc_datasource import DatasourceSettings, HealthCheckClient, RpcDatasource
-from tests.nginx_proxy import Nginx, running_nginx
-from tests.server_processes import HeldWatch, SseEvent, SseStream
 from tests.support import TEST_SECRET, signed, wait_until
-from tests.test_warehouse import (
+from tests.support.nginx_proxy import Nginx, running_nginx
+from tests.support.server_processes import HeldWatch, SseEvent, SseStream
+from tests.support.warehouse import (
     HEALTH,
     Warehouse,
     collection,

@@ -17,9 +17,9 @@ import pytest
 from rpc_datasource import HealthCheckClient
 from rpc_datasource.aio import AsyncHealthCheckClient
 from rpc_datasource.runtime import engine
-from tests.local_dns import LocalNameServer, local_name_server, resolving_through
 from tests.support import TEST_SECRET, agent_app, free_port, live_server, wait_until
-from tests.test_warehouse import Warehouse
+from tests.support.local_dns import LocalNameServer, local_name_server, resolving_through
+from tests.support.warehouse import Warehouse
 
 INTERVAL_S = 0.5
 TIMEOUT_S = 2.0

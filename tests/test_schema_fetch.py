@@ -16,8 +16,8 @@ from rpc_common.protocol import DEFAULT_SCHEMA_MAX_BYTES
 from rpc_datasource import AgentEndpoint, SchemaFetchError
 from rpc_datasource.runtime.engine import new_session
 from rpc_datasource.schema.fetch import FetchedSchema, fetch_schema
-from tests.scripted_server import Answer, ScriptedServer, scripted_server
 from tests.support import TEST_SECRET, free_port
+from tests.support.scripted_server import Answer, ScriptedServer, scripted_server
 
 SCHEMA_PATH = "/forest/rpc-schema"
 SCHEMA = {"collections": [{"name": "products", "fields": []}], "charts": []}

@@ -145,7 +145,7 @@ def provider_app(tmp_path: Path) -> Iterator[ProviderApp]:
         FOREST_SCHEMA_REFRESH_INTERVAL="0.2",
         FOREST_SCHEMA_PROVIDER_TIMEOUT="1",
     )
-    command = [sys.executable, "-m", "tests.provider_app", str(port), str(mode_file)]
+    command = [sys.executable, "-m", "tests.support.provider_app", str(port), str(mode_file)]
     with running_process(command, port, env, log_path) as process:
         yield ProviderApp(process, port, mode_file, log_path)
 

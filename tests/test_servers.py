@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from rpc_datasource import HealthCheckClient, RpcDatasource
-from tests.server_processes import (
+from tests.support import TEST_SECRET, signed, wait_until
+from tests.support.server_processes import (
     ALL_KINDS,
     GUNICORN_KINDS,
     HEALTH,
@@ -35,7 +36,6 @@ from tests.server_processes import (
     running_server,
     wait_for_logged,
 )
-from tests.support import TEST_SECRET, signed, wait_until
 
 DEADLINE_S = 10.0
 # Servers no test stops on purpose: no drain, so that teardown is quick.

@@ -20,7 +20,6 @@ from rpc_datasource.legacy.sse_parser import SseEvent
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
-from tests.scripted_server import Answer, scripted_server
 from tests.support import (
     OTHER_SECRET,
     TEST_SECRET,
@@ -31,6 +30,7 @@ from tests.support import (
     start_server,
     wait_until,
 )
+from tests.support.scripted_server import Answer, scripted_server
 
 DEADLINE = 10.0
 SSE_ROUTE = "/forest/sse"

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.server_processes import HeldWatch, SseStream
 from tests.support import TEST_SECRET, free_port, running_process, signed, wait_until
+from tests.support.server_processes import HeldWatch, SseStream
 
 WAREHOUSE_ON_WAITRESS = [sys.executable, "-m", "examples.warehouse", "--server", "waitress"]
 LONG_WAIT_S = 20.0

@@ -15,7 +15,7 @@ from rpc_datasource.health.state import FailureReason, HealthState, ProbeResult
 from rpc_datasource.health.watch_rules import PLAIN, WATCH_RETRY_EVERY, ProbeRequest, WatchTracker
 from rpc_datasource.runtime.watcher import HealthWatcher
 from rpc_datasource.transport.probe import ProbeOutcome
-from tests.fake_clock import FakeClock
+from tests.support.fake_clock import FakeClock
 
 WATCH = ProbePolicy(polling_interval=10.0, mode="watch", watch_wait=25.0, jitter=0.0)
 OK = ProbeResult.ok("instance-a", '"schema"')

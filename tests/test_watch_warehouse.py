@@ -20,7 +20,7 @@ from rpc_datasource import (
     RpcDatasource,
 )
 from tests.support import TEST_SECRET, free_port, wait_until
-from tests.test_warehouse import HEALTH, Warehouse, running_warehouse
+from tests.support.warehouse import HEALTH, Warehouse, running_warehouse
 
 DEADLINE_S = 15.0
 # A polling interval no probe reaches during a test: only held requests can see a change.

@@ -20,7 +20,7 @@ from rpc_datasource.health.watch_rules import ProbeRequest
 from rpc_datasource.runtime.callbacks import OrderedCallbacks
 from rpc_datasource.runtime.watcher import HealthWatcher
 from rpc_datasource.transport.probe import ProbeOutcome
-from tests.fake_clock import FakeClock, settle
+from tests.support.fake_clock import FakeClock, settle
 
 OK = ProbeResult.ok("instance-a", '"etag"')
 FAIL = ProbeResult.failed(FailureReason.REFUSED, "connection refused")

@@ -204,7 +204,7 @@ def running_process(
 def unresolvable_name(monkeypatch: MonkeyPatch) -> Iterator[str]:
     """`agent.invalid` (RFC 6761: never resolves), answered "no such name" by a name server
     on 127.0.0.1 that the datasource's resolver asks instead of the system's: no query leaves."""
-    from tests.local_dns import local_name_server, resolving_through
+    from tests.support.local_dns import local_name_server, resolving_through
 
     with local_name_server() as names, resolving_through(names, monkeypatch):
         yield f"agent.invalid:{free_port()}"

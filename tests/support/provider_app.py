@@ -1,5 +1,5 @@
 """A data server whose schema provider misbehaves on demand, for tests: `python -m
-tests.provider_app PORT MODE_FILE` serves it on the project's runner. The provider reads
+tests.support.provider_app PORT MODE_FILE` serves it on the project's runner. The provider reads
 MODE_FILE at each call: `a` or `b` (two schemas), `raise`, `hang` (10 s), `set`."""
 
 from __future__ import annotations

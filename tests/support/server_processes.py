@@ -32,7 +32,7 @@ import requests
 from examples.warehouse.database import connect
 from tests.support import TEST_SECRET, free_port, signed, wait_until
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 HEALTH = "/forest/health"
 SCHEMA = "/forest/rpc-schema"
 SSE = "/forest/sse"
