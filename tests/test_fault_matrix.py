@@ -874,14 +874,14 @@ def test_fast_redeploy(
     faster than the threshold: no down. Watching, the held request hears of the SIGTERM
     (503 shutting_down): one down, one recovery. Either way one reload if and only if the
     schema changed."""
-    port = free_port()
     logs = tmp_path / "logs"
     # Polling: no drain, the stop is quick; watching: a drain, held requests hear of it.
     settings = {"FOREST_SHUTDOWN_DRAIN_SECONDS": "0" if mode == "poll" else "0.5"}
     calls = Calls()
     datasource: RpcDatasource | None = None
     try:
-        with running_warehouse(db_path, logs, port=port, settings=settings) as first:
+        with running_warehouse(db_path, logs, settings=settings) as first:
+            port = first.port
             first_health = first.get(HEALTH_PATH).json()
             # build() takes no mode: watch mode comes in settings (with the URI and the
             # secret: giving those to build() as well fails, see the xfail at the end).

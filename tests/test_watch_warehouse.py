@@ -19,7 +19,7 @@ from rpc_datasource import (
     ProbeEvent,
     RpcDatasource,
 )
-from tests.support import TEST_SECRET, free_port, wait_until
+from tests.support import TEST_SECRET, wait_until
 from tests.support.warehouse import HEALTH, Warehouse, running_warehouse
 
 DEADLINE_S = 15.0
@@ -151,7 +151,6 @@ def test_sigstop_times_the_held_request_out_and_sigcont_recovers(
 def test_a_restart_with_a_new_column_is_one_reload_in_watch_mode(
     db_path: Path, tmp_path: Path
 ) -> None:
-    port = free_port()
     logs = tmp_path / "logs"
     reloads: list[dict[str, Any]] = []
     reloaded = threading.Event()
@@ -161,7 +160,8 @@ def test_a_restart_with_a_new_column_is_one_reload_in_watch_mode(
         reloads.append(schema)
         reloaded.set()
 
-    with running_warehouse(db_path, logs, port=port) as first:
+    with running_warehouse(db_path, logs) as first:
+        port = first.port
         settings = DatasourceSettings(
             rpc_uri=first.url,
             auth_secret=TEST_SECRET,

@@ -3,6 +3,7 @@ polling, free ports and the library's threads."""
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -198,6 +199,26 @@ def running_process(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+# The line a server prints once it listens: the runner and waitress ("serving on"), gunicorn
+# ("Listening at").
+_LISTENING_LINE = re.compile(r"(?:serving on|Listening at:) http://127\.0\.0\.1:(\d+)")
+
+
+def announced_port(log_path: Path, process: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
+    """The port a server started on port 0 says it listens on (read from its log)."""
+    found: list[int] = []
+
+    def listening() -> bool:
+        match = _LISTENING_LINE.search(log_path.read_text(errors="replace"))
+        if match:
+            found.append(int(match.group(1)))
+        return bool(match) or process.poll() is not None
+
+    wait_until(listening, timeout)
+    assert found, f"no listening line within {timeout} s:\n{log_path.read_text(errors='replace')}"
+    return found[0]
 
 
 @contextmanager

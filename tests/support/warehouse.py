@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support import TEST_SECRET, free_port, signed
+from tests.support import TEST_SECRET, announced_port, signed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -133,21 +133,22 @@ def running_warehouse(
 ) -> Iterator[Warehouse]:
     """Start the command (on `port`, with extra `FOREST_*` settings if given), wait until its
     health route (under the settings' `FOREST_URL_PREFIX`) answers, and always end and reap
-    it afterwards."""
+    it afterwards. Without a `port` it binds port 0 and reads the port it got from its log."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    stderr_path = log_dir / f"warehouse-{port}.stderr"
+    stderr_path = log_dir / f"warehouse-{port or 'new'}-{time.monotonic_ns()}.stderr"
     with stderr_path.open("wb") as stderr_file:
         process = subprocess.Popen(
-            command(port, db_path),
+            command(port or 0, db_path),
             cwd=REPO_ROOT,
             env={**warehouse_env(), **(settings or {})},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=stderr_file,
         )
-        warehouse = Warehouse(process, port, stderr_path)
         try:
+            warehouse = Warehouse(
+                process, port or announced_port(stderr_path, process), stderr_path
+            )
             prefix = (settings or {}).get("FOREST_URL_PREFIX", "/forest")
             wait_until_ready(warehouse, f"{prefix}/health")
             yield warehouse
