@@ -20,7 +20,7 @@ import pytest
 
 from rpc_agent.servers.http_protocol import HEADERS_DEADLINE_S
 from rpc_datasource import HealthCheckClient
-from tests.support import TEST_SECRET, free_port, running_process, wait_until
+from tests.support import TEST_SECRET, running_process, wait_until
 
 SOFT_OPEN_FILES = 1024  # the common default the runner must not be bound by
 
@@ -65,13 +65,12 @@ def gunicorn_uvicorn_command(port: int, db: Path) -> list[str]:
     params=[runner_command, gunicorn_uvicorn_command], ids=["runner", "gunicorn-uvicorn"]
 )
 def runner(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Runner]:
-    port = free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("FOREST_")}
     env["FOREST_AUTH_SECRET"] = TEST_SECRET
     log_path, db = tmp_path / "warehouse.log", tmp_path / "w.db"
     workers = 2 if request.param is gunicorn_uvicorn_command else 1
-    command = request.param(port, db)
-    with running_process(command, port, env, log_path, low_open_files_limit) as process:
+    command = request.param(0, db)
+    with running_process(command, env, log_path, low_open_files_limit) as (process, port):
         yield Runner(process, port, log_path, workers)
 
 

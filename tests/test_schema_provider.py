@@ -19,7 +19,7 @@ import requests
 from rpc_agent import AgentCore, AgentSettings, ConfigurationError
 from rpc_agent.core.schema import SchemaProviderError, validated_schema
 from rpc_datasource import HealthCheckClient
-from tests.support import TEST_SECRET, free_port, running_process, signed, wait_until
+from tests.support import TEST_SECRET, running_process, signed, wait_until
 
 GOOD = {"collections": [], "charts": []}
 P99_BOUND_S = 0.050
@@ -138,15 +138,14 @@ def provider_app(tmp_path: Path) -> Iterator[ProviderApp]:
     mode_file = tmp_path / "mode"
     mode_file.write_text("a")
     log_path = tmp_path / "app.log"
-    port = free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("FOREST_")}
     env.update(
         FOREST_AUTH_SECRET=TEST_SECRET,
         FOREST_SCHEMA_REFRESH_INTERVAL="0.2",
         FOREST_SCHEMA_PROVIDER_TIMEOUT="1",
     )
-    command = [sys.executable, "-m", "tests.support.provider_app", str(port), str(mode_file)]
-    with running_process(command, port, env, log_path) as process:
+    command = [sys.executable, "-m", "tests.support.provider_app", "0", str(mode_file)]
+    with running_process(command, env, log_path) as (process, port):
         yield ProviderApp(process, port, mode_file, log_path)
 
 

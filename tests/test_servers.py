@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from rpc_datasource import HealthCheckClient, RpcDatasource
 from tests.support import TEST_SECRET, signed, wait_until
@@ -401,6 +402,15 @@ def test_held_watches_leave_a_gthread_worker_a_thread_for_plain_requests(tmp_pat
 
 
 @each_kind(*GUNICORN_KINDS)
+def answered_instance_id(server: RunningServer) -> str | None:
+    """The `instance_id` one request is answered with; None when a worker on its way out
+    closed the connection (a single failed probe, which no threshold counts as an outage)."""
+    try:
+        return str(server.get(HEALTH).json()["instance_id"])
+    except requests.ConnectionError:
+        return None
+
+
 def test_a_reload_replaces_the_workers_without_an_outage(kind: ServerKind, tmp_path: Path) -> None:
     downs: list[float] = []
     with running_server(
@@ -421,9 +431,9 @@ def test_a_reload_replaces_the_workers_without_an_outage(kind: ServerKind, tmp_p
             server.send_signal(signal.SIGHUP)
             assert wait_until(lambda: len(server.announced_instance_ids()) == 2, DEADLINE_S)
             second = server.announced_instance_ids()[-1]
-            assert wait_until(
-                lambda: server.get(HEALTH).json()["instance_id"] == second, DEADLINE_S
-            ), server.log()
+            assert wait_until(lambda: answered_instance_id(server) == second, DEADLINE_S), (
+                server.log()
+            )
             probes = client.stats().probes
             assert wait_until(lambda: client.stats().probes >= probes + 10, DEADLINE_S)
         finally:

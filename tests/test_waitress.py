@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import TEST_SECRET, free_port, running_process, signed, wait_until
+from tests.support import TEST_SECRET, running_process, signed, wait_until
 from tests.support.server_processes import HeldWatch, SseStream
 
 WAREHOUSE_ON_WAITRESS = [sys.executable, "-m", "examples.warehouse", "--server", "waitress"]
@@ -42,12 +42,11 @@ class Waitress:
 
 @pytest.fixture
 def waitress_server(tmp_path: Path) -> Iterator[Waitress]:
-    port = free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("FOREST_")}
     env.update(FOREST_AUTH_SECRET=TEST_SECRET, FOREST_SHUTDOWN_DRAIN_SECONDS="0.5")
     log_path = tmp_path / "waitress.log"
-    command = [*WAREHOUSE_ON_WAITRESS, "--port", str(port), "--db", str(tmp_path / "w.db")]
-    with running_process(command, port, env, log_path) as process:
+    command = [*WAREHOUSE_ON_WAITRESS, "--port", "0", "--db", str(tmp_path / "w.db")]
+    with running_process(command, env, log_path) as (process, port):
         yield Waitress(process, port, log_path)
 
 

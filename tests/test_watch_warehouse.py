@@ -173,6 +173,7 @@ def test_a_restart_with_a_new_column_is_one_reload_in_watch_mode(
         datasource = RpcDatasource.connect(
             settings, on_schema_change=on_schema_change, on_server_recovered=recovered.set
         )
+        assert first.stop() == 0  # a redeploy: a graceful stop
     try:
         add_column(db_path, "products", "color", "TEXT")
         with running_warehouse(db_path, logs, port=port):

@@ -26,10 +26,10 @@ from examples.demo.processes import ChildProcess
 from examples.warehouse.database import add_column
 from rpc_common.signing import signed_headers
 
-POLLING_INTERVAL = 1.0
+POLLING_INTERVAL = 0.5
 FAILURE_THRESHOLD = 3
 PROBE_TIMEOUT = 1.0
-WATCH_WAIT = 2.0
+WATCH_WAIT = 1.0
 MODES = ("poll", "watch")
 # The data server the demo runs: the Flask warehouse on the project's runner, or the FastAPI
 # one with the ASGI middleware; both on uvicorn.

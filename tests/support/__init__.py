@@ -3,6 +3,8 @@ polling, free ports and the library's threads."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
 import socket
@@ -176,29 +178,32 @@ def answers_signed_health(url: str) -> bool:
 @contextmanager
 def running_process(
     command: list[str],
-    port: int,
     env: dict[str, str],
     log_path: Path,
     preexec_fn: Callable[[], None] | None = None,
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A server started as a process (its output to `log_path`), once it answers signed
-    health on `port`; on the way out SIGTERM, then a kill if it has not exited in 10 s."""
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A server started on port 0 as a process in a session of its own (its output to
+    `log_path`), with the port it got, once it answers signed health there; on the way out
+    the whole session is killed."""
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=preexec_fn
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=preexec_fn,
+            start_new_session=True,
         )
     try:
+        port = announced_port(log_path, process)
         url = f"http://127.0.0.1:{port}"
         assert wait_until(lambda: answers_signed_health(url), 20.0), log_path.read_text()
-        yield process
+        yield process, port
     finally:
         if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 # The line a server prints once it listens: the runner and waitress ("serving on"), gunicorn

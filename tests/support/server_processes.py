@@ -245,18 +245,14 @@ class RunningServer:
         return self.wait_exit()
 
     def end(self) -> None:
-        """Whatever happened: SIGTERM, then SIGKILL to the whole session (workers too), and
-        reap. The group is killed only while the master is unreaped, so its id is still ours."""
+        """Whatever happened, at once: SIGKILL to the whole session (workers too), and reap.
+        The group is killed only while the master is unreaped, so its id is still ours; a
+        test that checks a graceful stop calls `stop()` first."""
         if self.process.poll() is not None:
             return
-        self.process.send_signal(signal.SIGCONT)  # a test may have left it stopped
-        self.process.terminate()
-        try:
-            self.process.wait(EXIT_DEADLINE_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
 
 def start_server(
