@@ -401,7 +401,6 @@ def test_held_watches_leave_a_gthread_worker_a_thread_for_plain_requests(tmp_pat
     assert elapsed < wait_s, f"/products waited {elapsed:.2f} s for a held watch to end"
 
 
-@each_kind(*GUNICORN_KINDS)
 def answered_instance_id(server: RunningServer) -> str | None:
     """The `instance_id` one request is answered with; None when a worker on its way out
     closed the connection (a single failed probe, which no threshold counts as an outage)."""
@@ -411,6 +410,7 @@ def answered_instance_id(server: RunningServer) -> str | None:
         return None
 
 
+@each_kind(*GUNICORN_KINDS)
 def test_a_reload_replaces_the_workers_without_an_outage(kind: ServerKind, tmp_path: Path) -> None:
     downs: list[float] = []
     with running_server(
