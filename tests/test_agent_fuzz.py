@@ -59,6 +59,8 @@ from tests.support import OTHER_SECRET, TEST_SECRET
 from tests.support.asgi_calls import Exchange, RawApp
 from tests.support.odd_headers import HAND_PICKED
 
+pytestmark = pytest.mark.slow
+
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 

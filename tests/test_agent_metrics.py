@@ -42,6 +42,8 @@ from tests.support.asgi_calls import wrapped as asgi_wrapped
 from tests.support.wsgi_calls import HEALTH, SCHEMA_ROUTE, get_signed
 from tests.support.wsgi_calls import wrapped as wsgi_wrapped
 
+pytestmark = pytest.mark.slow
+
 REQUESTS = "forest_agent_requests_total"
 UNAUTHORIZED = "forest_agent_unauthorized_total"
 HELD = "forest_agent_held_watches"

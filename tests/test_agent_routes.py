@@ -20,6 +20,8 @@ from rpc_common.signing import sign_bound, sign_original, signed_headers
 from tests.support import OTHER_SECRET, TEST_SECRET, agent_app, signed
 from tests.support.odd_headers import HAND_PICKED
 
+pytestmark = pytest.mark.slow
+
 ROUTES = ["/forest/health", "/forest/rpc-schema", "/forest/sse"]
 REASONS = {"missing_headers", "malformed_timestamp", "timestamp_out_of_window", "bad_signature"}
 THIRD_SECRET = "a-third-test-only-secret-never-configured-anywhere-42"

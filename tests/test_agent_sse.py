@@ -25,6 +25,8 @@ from rpc_common.protocol import (
 )
 from tests.support import LiveServer, agent_app, live_server, signed, wait_until
 
+pytestmark = pytest.mark.slow
+
 SSE = "/forest/sse"
 TIMEOUT = (2, 5)
 DEADLINE = 5.0

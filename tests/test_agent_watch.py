@@ -37,6 +37,8 @@ from tests.support import (
     wait_until,
 )
 
+pytestmark = pytest.mark.slow
+
 # Longest a request that must be answered "at once" may take: far below any wait used here.
 AT_ONCE_S = 2.0
 # Bound on anything that must happen eventually (a held request cut short, a client coming up).

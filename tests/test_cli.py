@@ -18,6 +18,8 @@ from tests.support import OTHER_SECRET, TEST_SECRET, agent_app, free_port, live_
 from tests.support.scripted_server import Answer, scripted_server
 from tests.support.warehouse import Warehouse
 
+pytestmark = pytest.mark.slow
+
 COMMAND_DEADLINE_S = 20.0
 
 

@@ -36,6 +36,8 @@ from tests.support import (
     wait_until,
 )
 
+pytestmark = pytest.mark.slow
+
 DEADLINE = 10.0
 FAST_INTERVAL = 0.1
 SLOW_INTERVAL = 0.5

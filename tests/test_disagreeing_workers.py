@@ -18,6 +18,8 @@ from rpc_agent.process.state import INSTANCE_ID_ENV
 from rpc_datasource import RpcDatasource
 from tests.support import TEST_SECRET, agent_app, wait_until
 
+pytestmark = pytest.mark.slow
+
 INTERVAL_S = 0.25
 PROBES = 16
 

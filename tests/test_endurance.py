@@ -31,6 +31,8 @@ from rpc_datasource import HealthCheckClient, RpcDatasource
 from tests.support import TEST_SECRET, library_threads, wait_until
 from tests.support.warehouse import HEALTH, Warehouse, running_warehouse
 
+pytestmark = pytest.mark.slow
+
 CYCLE_INTERVAL = 0.05  # the first probe comes within one interval of start()
 PROBE_TIMEOUT = 2.0
 FIRST_PROBE_DEADLINE = 10.0

@@ -29,6 +29,8 @@ from tests.support import (
     wait_until,
 )
 
+pytestmark = pytest.mark.slow
+
 WAIT_S = 10.0
 # The contract: at most 4 threads probe, however many clients.
 PROBING_THREAD_BOUND = 4

@@ -83,6 +83,8 @@ from tests.support import (
 from tests.support.scripted_server import Answer, Received, ScriptedServer
 from tests.support.warehouse import Warehouse, running_warehouse
 
+pytestmark = pytest.mark.slow
+
 MODES = ("poll", "watch")
 # Real processes and sockets, on a shared and loaded machine: a down may come this much after
 # the bound through scheduling alone. The bounds themselves are proven exactly, for every

@@ -36,6 +36,8 @@ from tests.support import (
     wait_until,
 )
 
+pytestmark = pytest.mark.slow
+
 CLIENT_LOGGER = "rpc_datasource.health_client"
 WAIT_S = 10.0
 

@@ -35,6 +35,8 @@ from tests.support import (
 )
 from tests.support.scripted_server import Answer, Received, ScriptedServer, scripted_server
 
+pytestmark = pytest.mark.slow
+
 HEALTH_BODY: dict[str, Any] = {
     "status": "ok",
     "version": "1.2.3",

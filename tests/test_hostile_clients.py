@@ -22,6 +22,8 @@ from rpc_agent.servers.http_protocol import HEADERS_DEADLINE_S
 from rpc_datasource import HealthCheckClient
 from tests.support import TEST_SECRET, running_process, wait_until
 
+pytestmark = pytest.mark.slow
+
 SOFT_OPEN_FILES = 1024  # the common default the runner must not be bound by
 
 

@@ -23,6 +23,8 @@ from rpc_datasource import FailureReason, RpcDatasource
 from rpc_datasource.instrumentation import metrics
 from tests.support import TEST_SECRET, LiveServer, agent_app, start_server, wait_until
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 MASTER = (sys.executable, "-m", "examples.master")
 

@@ -43,6 +43,8 @@ from tests.support.warehouse import (
     running_warehouse,
 )
 
+pytestmark = pytest.mark.slow
+
 HEARTBEAT_S = 0.5
 # Generous on a noisy 2-core machine; a buffering proxy holds these ~26-byte events until a
 # buffer fills or the stream ends, far longer (see the control test).

@@ -21,6 +21,8 @@ from tests.support import TEST_SECRET, agent_app, free_port, live_server, wait_u
 from tests.support.local_dns import LocalNameServer, local_name_server, resolving_through
 from tests.support.warehouse import Warehouse
 
+pytestmark = pytest.mark.slow
+
 INTERVAL_S = 0.5
 TIMEOUT_S = 2.0
 THRESHOLD = 3

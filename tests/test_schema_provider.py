@@ -21,6 +21,8 @@ from rpc_agent.core.schema import SchemaProviderError, validated_schema
 from rpc_datasource import HealthCheckClient
 from tests.support import TEST_SECRET, running_process, signed, wait_until
 
+pytestmark = pytest.mark.slow
+
 GOOD = {"collections": [], "charts": []}
 P99_BOUND_S = 0.050
 PROBES = 200

@@ -38,6 +38,8 @@ from tests.support.server_processes import (
     wait_for_logged,
 )
 
+pytestmark = pytest.mark.slow
+
 DEADLINE_S = 10.0
 # Servers no test stops on purpose: no drain, so that teardown is quick.
 NO_DRAIN = {"FOREST_SHUTDOWN_DRAIN_SECONDS": "0"}

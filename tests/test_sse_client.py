@@ -32,6 +32,8 @@ from tests.support import (
 )
 from tests.support.scripted_server import Answer, scripted_server
 
+pytestmark = pytest.mark.slow
+
 DEADLINE = 10.0
 SSE_ROUTE = "/forest/sse"
 HEARTBEAT = "heartbeat"

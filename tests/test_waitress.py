@@ -19,6 +19,8 @@ import requests
 from tests.support import TEST_SECRET, running_process, signed, wait_until
 from tests.support.server_processes import HeldWatch, SseStream
 
+pytestmark = pytest.mark.slow
+
 WAREHOUSE_ON_WAITRESS = [sys.executable, "-m", "examples.warehouse", "--server", "waitress"]
 LONG_WAIT_S = 20.0
 PROMPT_S = 2.0  # an app request answered well before any watch's wait runs out

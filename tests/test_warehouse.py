@@ -32,6 +32,8 @@ from tests.support.warehouse import (
     warehouse_env,
 )
 
+pytestmark = pytest.mark.slow
+
 # --- configuration errors ------------------------------------------------------------------
 
 

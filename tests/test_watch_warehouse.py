@@ -22,6 +22,8 @@ from rpc_datasource import (
 from tests.support import TEST_SECRET, wait_until
 from tests.support.warehouse import HEALTH, Warehouse, running_warehouse
 
+pytestmark = pytest.mark.slow
+
 DEADLINE_S = 15.0
 # A polling interval no probe reaches during a test: only held requests can see a change.
 NEVER_POLLED_S = 60.0
