@@ -150,7 +150,7 @@ class RpcAgentMiddleware(AgentMiddlewareBase[ASGIApp]):
 
     async def _hold(self, hold: HoldHealth, receive: Receive) -> Reply | None:
         """Hold a watch; None when the client went away meanwhile."""
-        watch = self.agent.health_watch
+        watch = self.agent.held_requests
         held = asyncio.ensure_future(watch.hold_async(hold.seconds, hold.generation))
         gone = asyncio.ensure_future(disconnected(receive))
         try:

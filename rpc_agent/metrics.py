@@ -32,7 +32,7 @@ class AgentStateCollector(Collector):
         held = GaugeMetricFamily(
             "forest_agent_held_watches", "Health watches the agent is holding."
         )
-        held.add_metric([], sum(agent.health_watch.held for agent in agents))
+        held.add_metric([], sum(agent.held_requests.held for agent in agents))
         streams = GaugeMetricFamily(
             "forest_agent_sse_streams", "Open streams on the legacy /sse route."
         )

@@ -115,7 +115,7 @@ class RpcAgentMiddleware(AgentMiddlewareBase["WSGIApplication"]):
         return self._send(outcome, environ, start_response)
 
     def _hold(self, hold: HoldHealth, environ: WSGIEnvironment) -> Reply:
-        watch = self.agent.health_watch
+        watch = self.agent.held_requests
         if not environ.get("wsgi.multithread"):
             logger.debug("single-threaded server: answering a health watch at once")
         elif watch.hold(hold.seconds, hold.generation, hold_bound(environ, watch.capped_by_server)):

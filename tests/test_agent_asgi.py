@@ -31,7 +31,7 @@ from rpc_agent.core.sse import StreamEnd
 from rpc_agent.process.stop_signal import STOP_SIGNALS, DrainingStopHandler
 from rpc_common.protocol import HEARTBEAT_EVENT, MAX_REQUEST_BODY, STOP_EVENT
 from rpc_common.signing import sign_original, signed_headers
-from tests.support import OTHER_SECRET, TEST_SECRET
+from tests.support import OTHER_SECRET, TEST_SECRET, health_etag_of
 from tests.support.asgi_calls import (
     DEADLINE_S,
     HEALTH,
@@ -88,7 +88,7 @@ def assert_health(exchange: Exchange, middleware: RpcAgentMiddleware, status: in
     assert exchange.status == status, exchange.body[:300]
     body = exchange.json()
     assert body["status"] == ("ok" if status == 200 else "shutting_down")
-    assert exchange.headers["etag"] == middleware.agent.health_etag(body)
+    assert exchange.headers["etag"] == health_etag_of(body)
     assert exchange.headers["cache-control"] == "no-store"
 
 
@@ -97,7 +97,7 @@ async def held_watch(
 ) -> Exchange:
     """A watch with the current ETag, once the agent holds it (`count` held in all)."""
     exchange = request(middleware, watch(wait), etag=await current_etag(middleware))
-    await eventually(lambda: middleware.agent.health_watch.held == count, "the watch held")
+    await eventually(lambda: middleware.agent.held_requests.held == count, "the watch held")
     assert exchange.start is None, "a held watch already answered"
     return exchange
 
@@ -132,7 +132,7 @@ async def test_signed_health_answers_small_uncached_json() -> None:
     for key in ("version", "schema_etag"):
         assert isinstance(body[key], str) and body[key], key
     assert isinstance(body["uptime_s"], float) and body["uptime_s"] >= 0
-    assert headers["etag"] == middleware.agent.health_etag(body)
+    assert headers["etag"] == health_etag_of(body)
     assert headers["etag"].startswith('"') and headers["etag"].endswith('"')
 
 
@@ -144,7 +144,7 @@ async def test_health_is_503_shutting_down_after_begin_shutdown() -> None:
     exchange = await call(middleware, HEALTH)
     assert_health(exchange, middleware, status=503)
     assert exchange.json()["instance_id"] == before["instance_id"]
-    assert exchange.headers["etag"] != middleware.agent.health_etag(before)
+    assert exchange.headers["etag"] != health_etag_of(before)
     assert_refused(await call(middleware, HEALTH, sign=False), "missing_headers")
 
 
@@ -550,7 +550,7 @@ async def test_a_malformed_wait_is_a_400_json(wait: str) -> None:
     body = exchange.json()
     assert body["error"] == "bad_request"
     assert isinstance(body["reason"], str) and body["reason"]
-    assert middleware.agent.health_watch.held == 0
+    assert middleware.agent.held_requests.held == 0
 
 
 @asgi_test
@@ -561,7 +561,7 @@ async def test_a_held_watch_is_answered_503_at_once_by_a_shutdown_from_another_t
     await exchange.response(timeout=AT_ONCE_S)
     thread.join(DEADLINE_S)
     assert_health(exchange, middleware, status=503)
-    await eventually(lambda: middleware.agent.health_watch.held == 0, "the slot freed")
+    await eventually(lambda: middleware.agent.held_requests.held == 0, "the slot freed")
 
 
 @asgi_test
@@ -585,7 +585,7 @@ async def test_a_held_watch_is_answered_at_once_by_a_schema_change() -> None:
     assert_health(exchange, middleware)
     assert exchange.headers["etag"] != before.headers["etag"]
     assert exchange.json()["schema_etag"] != before.json()["schema_etag"]
-    await eventually(lambda: middleware.agent.health_watch.held == 0, "the slot freed")
+    await eventually(lambda: middleware.agent.held_requests.held == 0, "the slot freed")
 
 
 @asgi_test
@@ -596,7 +596,7 @@ async def test_schema_changed_without_a_change_keeps_the_watch_held() -> None:
     # Another request round trip through the loop: the watch is still held.
     assert (await call(middleware, SCHEMA)).status == 200
     assert exchange.start is None
-    assert middleware.agent.health_watch.held == 1
+    assert middleware.agent.held_requests.held == 1
     middleware.agent.begin_shutdown()
     await exchange.response(timeout=AT_ONCE_S)
     assert exchange.status == 503
@@ -608,13 +608,13 @@ async def test_a_held_watch_is_answered_when_its_wait_runs_out() -> None:
     etag = await current_etag(middleware)
     started = time.monotonic()
     exchange = request(middleware, watch(0.2), etag=etag)
-    await eventually(lambda: middleware.agent.health_watch.held == 1, "the watch held")
+    await eventually(lambda: middleware.agent.held_requests.held == 1, "the watch held")
     await exchange.response()
     took = time.monotonic() - started
     assert_health(exchange, middleware)
     assert exchange.headers["etag"] == etag
     assert 0.15 <= took < 0.2 + AT_ONCE_S, took
-    assert middleware.agent.health_watch.held == 0
+    assert middleware.agent.held_requests.held == 0
 
 
 @asgi_test
@@ -636,7 +636,7 @@ async def test_a_watch_without_the_current_etag_is_answered_at_once(etag: str | 
     exchange = await call(middleware, watch(LONG_WAIT), etag=etag)
     assert_health(exchange, middleware)
     assert exchange.headers["etag"] != etag
-    assert middleware.agent.health_watch.held == 0
+    assert middleware.agent.held_requests.held == 0
 
 
 @asgi_test
@@ -656,7 +656,7 @@ async def test_a_watch_over_the_watcher_bound_is_answered_at_once() -> None:
     second = await call(middleware, watch(LONG_WAIT), etag=etag)
     assert_health(second, middleware)
     assert second.headers["etag"] == etag
-    assert middleware.agent.health_watch.held == 1
+    assert middleware.agent.held_requests.held == 1
     assert first.start is None
     in_thread(middleware.agent.begin_shutdown).join(DEADLINE_S)
     await first.response(timeout=AT_ONCE_S)
@@ -681,7 +681,7 @@ async def test_several_watches_are_held_at_once_and_all_answered() -> None:
     for exchange in watches:
         await exchange.response(timeout=AT_ONCE_S)
         assert_health(exchange, middleware, status=503)
-    await eventually(lambda: middleware.agent.health_watch.held == 0, "the slots freed")
+    await eventually(lambda: middleware.agent.held_requests.held == 0, "the slots freed")
 
 
 @asgi_test
@@ -691,7 +691,7 @@ async def test_a_held_watch_whose_client_goes_away_frees_its_slot_and_sends_noth
     exchange.disconnect()
     await exchange.ended(timeout=AT_ONCE_S)
     assert exchange.sent == []
-    await eventually(lambda: middleware.agent.health_watch.held == 0, "the slot freed")
+    await eventually(lambda: middleware.agent.held_requests.held == 0, "the slot freed")
     # The one slot serves the next watch.
     again = await held_watch(middleware)
     middleware.agent.begin_shutdown()
@@ -707,7 +707,7 @@ async def test_an_unsigned_watch_is_refused_and_not_held() -> None:
     assert_refused(exchange, "missing_headers")
     unbound = await call(middleware, watch(LONG_WAIT), signed_target=HEALTH, etag=etag)
     assert_refused(unbound, "bad_signature")
-    assert middleware.agent.health_watch.held == 0
+    assert middleware.agent.held_requests.held == 0
 
 
 # --- SSE ----------------------------------------------------------------------------------

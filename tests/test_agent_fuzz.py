@@ -330,7 +330,7 @@ def expect_error(answer: Answer, method: str, status: int, error: str) -> None:
 def expect_health(answer: Answer, method: str, adapter: Adapter) -> None:
     assert answer.status == 200, answer
     assert answer.headers["cache-control"] == "no-store", answer
-    assert answer.headers["etag"] == adapter.agent.health_state().etag, answer
+    assert answer.headers["etag"] == adapter.agent.health_answer().etag, answer
     body = expect_json(answer, method)
     if body is not None:
         assert set(body) == HEALTH_KEYS, body
@@ -860,7 +860,7 @@ def test_generated_wait_values_give_health_or_400(
     query = "&".join([*before, "wait=" + encoded_wait(value, encoding), *after])
     target = f"{HEALTH}?{query}"
     headers = signed_headers_for("GET", target, b"")
-    current = adapter.agent.health_state().etag
+    current = adapter.agent.health_answer().etag
     if_none_match = {"match": current, "other": '"0"', "weak": "W/" + current}.get(etag)
     if if_none_match is not None:
         headers.append(("If-None-Match", if_none_match.encode()))
@@ -877,7 +877,7 @@ def test_generated_wait_values_give_health_or_400(
     else:
         expect_error(answer, "GET", 400, "bad_request")
     assert took < MAX_WAIT + 2.0, took
-    assert adapter.agent.health_watch.held == 0
+    assert adapter.agent.held_requests.held == 0
 
 
 # --- 4. generated If-None-Match on /forest/rpc-schema -------------------------------------

@@ -234,7 +234,7 @@ async def test_a_held_watch_is_gauged_then_answered_503_at_shutdown(
 
     exchange = request(middleware, watch(5), etag=await current_etag(middleware))
     await eventually(lambda: gauge(registry, HELD) == held_before + 1, "the watch gauged")
-    assert agent.health_watch.held == 1
+    assert agent.held_requests.held == 1
     assert exchange.start is None
     # Only the plain read of the ETag is counted: a held watch is counted when answered.
     assert all_requests(registry) == {("health", "200"): 1.0}

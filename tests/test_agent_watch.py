@@ -32,6 +32,7 @@ from tests.support import (
     LiveServer,
     agent_app,
     before_agent,
+    health_etag_of,
     live_server,
     signed,
     wait_until,
@@ -86,7 +87,7 @@ class Agent:
 
     @property
     def held(self) -> int:
-        return self.agent.health_watch.held
+        return self.agent.held_requests.held
 
 
 @contextmanager
@@ -181,7 +182,7 @@ def assert_health(response: requests.Response, agent: RpcAgent, status: int = 20
     """A health answer with the given status whose ETag is the token of its body."""
     assert response.status_code == status, response.text[:300]
     body = response.json()
-    assert response.headers["ETag"] == agent.health_etag(body)
+    assert response.headers["ETag"] == health_etag_of(body)
 
 
 class Calls:

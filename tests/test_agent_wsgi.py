@@ -136,7 +136,7 @@ def test_a_threaded_server_holds_a_watch_until_shutdown(
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    assert wait_until(lambda: middleware.agent.health_watch.held == 1, 5)
+    assert wait_until(lambda: middleware.agent.held_requests.held == 1, 5)
     assert not answers
     middleware.agent.begin_shutdown()
     watcher.join(5)

@@ -28,6 +28,7 @@ from tests.support import (
     Failure,
     LiveServer,
     agent_app,
+    agent_health,
     before_agent,
     free_port,
     library_threads,
@@ -209,7 +210,7 @@ def test_build_reads_the_agents_schema_and_etag(
     assert datasource.collections == products_schema()["collections"]
     assert isinstance(datasource.collections[0], dict)
     assert datasource.schema_etag == agents.etag()
-    assert datasource.schema_etag == agents.agent.health_body()["schema_etag"]
+    assert datasource.schema_etag == agent_health(agents.agent)["schema_etag"]
     assert not datasource.closed
 
 

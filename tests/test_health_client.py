@@ -28,6 +28,7 @@ from tests.support import (
     HangingApp,
     LiveServer,
     agent_app,
+    agent_health,
     before_agent,
     free_port,
     library_threads,
@@ -661,12 +662,12 @@ def test_a_changed_schema_etag_shows_in_the_next_events(
         client = make_client(server.url + HEALTH_PATH, hooks=[events.append], **FAST)
         client.start()
         wait_for_probes(client, 3)
-        old_etag = agent.health_body()["schema_etag"]
+        old_etag = agent_health(agent)["schema_etag"]
         assert {event.result.schema_etag for event in events} == {old_etag}
 
         schema = {"collections": [{"name": "products", "fields": []}], "charts": []}
         assert agent.schema_changed().result(timeout=5)
-        new_etag = agent.health_body()["schema_etag"]
+        new_etag = agent_health(agent)["schema_etag"]
         assert new_etag != old_etag
         assert wait_until(lambda: events[-1].result.schema_etag == new_etag)
         client.stop()

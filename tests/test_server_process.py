@@ -9,7 +9,7 @@ import pytest
 from rpc_agent import AgentSettings
 from rpc_agent.core.agent import AgentCore
 from rpc_agent.process import state as server_process
-from tests.support import TEST_SECRET
+from tests.support import TEST_SECRET, agent_health
 
 
 @pytest.fixture(autouse=True)
@@ -72,11 +72,11 @@ def test_an_agent_is_replaced_once_the_server_announced_a_newer_id() -> None:
 
 def test_an_agent_made_before_the_announcement_adopts_the_servers_id() -> None:
     agent = new_agent()
-    before = agent.health_body()["instance_id"]
+    before = agent_health(agent)["instance_id"]
     announced = server_process.announce_instance_id()
     agent.adopt_instance_id(announced)
     assert before != announced
-    assert agent.health_body()["instance_id"] == announced
+    assert agent_health(agent)["instance_id"] == announced
     assert not server_process.replaced_by_a_newer_start(agent)
 
 
@@ -84,17 +84,17 @@ def test_stepping_aside_ends_the_stream_without_a_shutdown() -> None:
     agent = new_agent()
     stream = agent.sse_manager.open_stream(heartbeat_interval=30)
     assert "heartbeat" in next(stream)
-    generation = agent.health_watch.generation
+    generation = agent.held_requests.generation
     agent.step_aside()
     assert list(stream) == []  # ended without RpcServerStop, as a newer stream would
-    assert agent.health_watch.generation > generation
+    assert agent.held_requests.generation > generation
     assert not agent.shutting_down
-    assert agent.health_body()["status"] == "ok"
+    assert agent_health(agent)["status"] == "ok"
 
 
 def test_the_watcher_bound_can_only_be_lowered() -> None:
     agent = AgentCore(settings=AgentSettings(auth_secret=TEST_SECRET, health_max_watchers=8))
-    agent.health_watch.cap(2)
-    assert agent.health_watch.max_watchers == 2
-    agent.health_watch.cap(5)
-    assert agent.health_watch.max_watchers == 2
+    agent.held_requests.cap(2)
+    assert agent.held_requests.max_watchers == 2
+    agent.held_requests.cap(5)
+    assert agent.held_requests.max_watchers == 2

@@ -12,7 +12,12 @@ import pytest
 from rpc_datasource.health.events import ProbeEvent
 from rpc_datasource.health.policy import ProbePolicy
 from rpc_datasource.health.state import FailureReason, HealthState, ProbeResult
-from rpc_datasource.health.watch_rules import PLAIN, WATCH_RETRY_EVERY, ProbeRequest, WatchTracker
+from rpc_datasource.health.watch_rules import (
+    PLAIN,
+    WATCH_RETRY_EVERY,
+    HeldRequestTracker,
+    ProbeRequest,
+)
 from rpc_datasource.runtime.watcher import HealthWatcher
 from rpc_datasource.transport.probe import ProbeOutcome
 from tests.support.fake_clock import FakeClock
@@ -23,18 +28,18 @@ FAIL = ProbeResult.failed(FailureReason.CONNECTION, "connection reset")
 SHUT = ProbeResult.shutting_down()
 
 
-# --- WatchTracker ------------------------------------------------------------------------------
+# --- HeldRequestTracker ---------------------------------------------------------------------------
 
 
 def test_poll_mode_never_holds() -> None:
-    tracker = WatchTracker(ProbePolicy(mode="poll"), "agent")
+    tracker = HeldRequestTracker(ProbePolicy(mode="poll"), "agent")
     assert tracker.next_request(agent_up=True) == PLAIN
     assert tracker.delay_after(PLAIN, True, '"h1"', 0.01) is None
     assert tracker.next_request(agent_up=True) == PLAIN
 
 
 def test_watch_mode_holds_once_the_state_etag_is_known_and_re_asks_at_once() -> None:
-    tracker = WatchTracker(WATCH, "agent")
+    tracker = HeldRequestTracker(WATCH, "agent")
     assert tracker.next_request(agent_up=True) == PLAIN  # nothing seen yet
     assert tracker.delay_after(PLAIN, True, '"h1"', 0.01) == 0.0
     held = tracker.next_request(agent_up=True)
@@ -47,13 +52,13 @@ def test_watch_mode_holds_once_the_state_etag_is_known_and_re_asks_at_once() -> 
 
 
 def test_no_watch_while_the_agent_is_not_up() -> None:
-    tracker = WatchTracker(WATCH, "agent")
+    tracker = HeldRequestTracker(WATCH, "agent")
     tracker.delay_after(PLAIN, True, '"h1"', 0.01)
     assert tracker.next_request(agent_up=False) == PLAIN
 
 
 def test_a_failure_forgets_the_etag_and_leaves_the_delay_to_the_policy() -> None:
-    tracker = WatchTracker(WATCH, "agent")
+    tracker = HeldRequestTracker(WATCH, "agent")
     tracker.delay_after(PLAIN, True, '"h1"', 0.01)
     held = tracker.next_request(agent_up=True)
     assert tracker.delay_after(held, False, None, 0.01) is None
@@ -64,7 +69,7 @@ def test_an_early_unchanged_answer_falls_back_to_polling_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="rpc_datasource.health.watch_rules")
-    tracker = WatchTracker(WATCH, "agent")
+    tracker = HeldRequestTracker(WATCH, "agent")
     tracker.delay_after(PLAIN, True, '"h1"', 0.01)
     held = tracker.next_request(agent_up=True)
     assert held.held
@@ -95,14 +100,14 @@ def test_an_early_unchanged_answer_falls_back_to_polling_logged_once(
 
 
 def test_an_agent_without_a_health_etag_is_polled() -> None:
-    tracker = WatchTracker(WATCH, "agent")
+    tracker = HeldRequestTracker(WATCH, "agent")
     assert tracker.delay_after(PLAIN, True, None, 0.01) is None
     assert tracker.not_holding
     assert tracker.next_request(agent_up=True) == PLAIN
 
 
 def test_a_short_wait_answered_at_its_end_is_not_early() -> None:
-    tracker = WatchTracker(
+    tracker = HeldRequestTracker(
         ProbePolicy(polling_interval=10.0, mode="watch", watch_wait=0.2), "agent"
     )
     tracker.delay_after(PLAIN, True, '"h1"', 0.01)

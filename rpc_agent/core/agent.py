@@ -9,11 +9,10 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
 
 from pydantic import ValidationError
 
-from rpc_agent.core.held_requests import HealthWatch, health_etag
+from rpc_agent.core.held_requests import HeldRequests, health_etag
 from rpc_agent.core.schema import SchemaCache, SchemaProvider, canonical_json, empty_schema
 from rpc_agent.core.settings import AgentSettings
 from rpc_agent.core.sse import SseConnectionManager
@@ -33,7 +32,7 @@ def load_agent_settings() -> AgentSettings:
 
 
 @dataclass(frozen=True)
-class HealthState:
+class HealthAnswer:
     """The health answer for one state, built once: everything but the uptime."""
 
     status_code: int
@@ -64,12 +63,12 @@ class AgentCore:
         schema_provider: SchemaProvider | None = None,
     ) -> None:
         self.settings = settings if settings is not None else load_agent_settings()
-        self.health_watch = HealthWatch(self.settings.health_max_watchers)
+        self.held_requests = HeldRequests(self.settings.health_max_watchers)
         self.schema_cache = SchemaCache(
             schema_provider or empty_schema,
             timeout=self.settings.schema_provider_timeout,
             refresh_interval=self.settings.schema_refresh_interval,
-            on_change=self.health_watch.notify,
+            on_change=self.held_requests.notify,
         )
         self.sse_manager = SseConnectionManager()
         self.instance_id = server_process.server_instance_id()
@@ -77,7 +76,7 @@ class AgentCore:
         self.verification_secrets = tuple(self.settings.verification_secrets())
         self._started = time.monotonic()
         self._shutdown = threading.Event()
-        self._health: HealthState | None = None
+        self._health: HealthAnswer | None = None
         self._schema: SchemaAnswer | None = None
         server_process.register_agent(self)
 
@@ -96,7 +95,7 @@ class AgentCore:
             return
         self._shutdown.set()
         logger.info("agent %s shutting down", self.instance_id)
-        self.health_watch.notify()
+        self.held_requests.notify()
         self.sse_manager.shutdown()
 
     def adopt_instance_id(self, instance_id: str) -> None:
@@ -107,14 +106,14 @@ class AgentCore:
 
     def cap_held_requests(self, most: int) -> None:
         """Hold at most `most` health watches at once (a threaded server's share for them)."""
-        self.health_watch.cap(most)
+        self.held_requests.cap(most)
 
     def step_aside(self) -> None:
         """This process is being replaced while the server lives on (a reload): answer held
         watches and end the SSE stream (its client reconnects to a new worker), but do not
         announce a shutdown."""
         logger.info("agent %s replaced by a newer start of the server", self.instance_id)
-        self.health_watch.notify()
+        self.held_requests.notify()
         self.sse_manager.end_current()
 
     def schema_changed(self) -> Future[bool]:
@@ -126,7 +125,7 @@ class AgentCore:
     def uptime_s(self) -> float:
         return time.monotonic() - self._started
 
-    def health_state(self) -> HealthState:
+    def health_answer(self) -> HealthAnswer:
         """The current health state; rebuilt only when the shutdown or the schema moved."""
         _, schema_etag = self.schema_cache.current()
         schema_error = self.schema_cache.error
@@ -143,7 +142,7 @@ class AgentCore:
 
     def _build_health(
         self, schema_etag: str, schema_error: str | None, shutting_down: bool
-    ) -> HealthState:
+    ) -> HealthAnswer:
         status = "shutting_down" if shutting_down else "ok"
         fields = {
             "status": status,
@@ -154,22 +153,13 @@ class AgentCore:
         if schema_error is not None:
             fields["schema_error"] = schema_error
         head = json.dumps(fields, separators=(",", ":"))[:-1] + ',"uptime_s":'
-        return HealthState(
+        return HealthAnswer(
             status_code=503 if shutting_down else 200,
             etag=health_etag(status, self.instance_id, schema_etag),
             schema_etag=schema_etag,
             schema_error=schema_error,
             body_head=head.encode(),
         )
-
-    def health_body(self) -> dict[str, Any]:
-        """The small JSON body of /health, as a dict."""
-        body: dict[str, Any] = json.loads(self.health_state().body(self.uptime_s()))
-        return body
-
-    def health_etag(self, body: dict[str, Any]) -> str:
-        """The health state's token, as sent in the `ETag` of /health."""
-        return health_etag(body["status"], body["instance_id"], body["schema_etag"])
 
     def schema_answer(self) -> SchemaAnswer:
         """The schema's body and ETag; the body is encoded once per schema."""

@@ -35,7 +35,7 @@ def health_etag(status: str, instance_id: str, schema_etag: str) -> str:
     return f'"{digest[:32]}"'
 
 
-class HealthWatch:
+class HeldRequests:
     """Holds at most `max_watchers` requests, in threads or coroutines, until `notify()` or
     their wait runs out."""
 

@@ -11,7 +11,7 @@ from typing import Generic, TypeVar
 from urllib.parse import parse_qsl
 
 from rpc_agent.core import events
-from rpc_agent.core.agent import AgentCore, HealthState
+from rpc_agent.core.agent import AgentCore, HealthAnswer
 from rpc_agent.core.held_requests import BadWait, parse_wait
 from rpc_agent.core.schema import SchemaProvider
 from rpc_agent.core.settings import AgentSettings
@@ -185,8 +185,8 @@ class AgentRoutes:
             seconds = parse_wait(wait, self.agent.settings.health_max_wait)
         except BadWait as error:
             return json_reply(400, {"error": "bad_request", "reason": str(error)})
-        generation = self.agent.health_watch.generation
-        state = self.agent.health_state()
+        generation = self.agent.held_requests.generation
+        state = self.agent.health_answer()
         # The token the client last saw, compared as HTTP does (W/, lists); "*" names none.
         seen = request.if_none_match
         unchanged = seen is not None and seen.strip() != "*" and etag_matches(seen, state.etag)
@@ -194,9 +194,9 @@ class AgentRoutes:
             return self.health_reply(state)
         return HoldHealth(seconds, generation)
 
-    def health_reply(self, state: HealthState | None = None) -> Reply:
+    def health_reply(self, state: HealthAnswer | None = None) -> Reply:
         """The plain health answer now: 200, or 503 once shutting down."""
-        state = state or self.agent.health_state()
+        state = state or self.agent.health_answer()
         body = state.body(self.agent.uptime_s())
         headers = [
             *json_headers(body),
@@ -214,7 +214,7 @@ class AgentRoutes:
 
     def held_over_bound(self) -> None:
         logger.debug(
-            "over %d held watches: answering at once", self.agent.health_watch.max_watchers
+            "over %d held watches: answering at once", self.agent.held_requests.max_watchers
         )
 
 

@@ -52,7 +52,7 @@ def serve(
     """Serve `app` (already wrapped by `agent`) on waitress until SIGTERM or SIGINT, then
     drain and return; `options` go to waitress (`channel_timeout`, `connection_limit`...).
     Call it from the main thread."""
-    agent.health_watch.cap(held_watch_share(threads))
+    agent.held_requests.cap(held_watch_share(threads))
     server: Any = waitress.create_server(app, host=host, port=port, threads=threads, **options)
     for signum in stop_signal.STOP_SIGNALS:
         signal.signal(signum, _end_serving)

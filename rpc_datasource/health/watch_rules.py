@@ -40,7 +40,7 @@ class ProbeRequest:
 PLAIN = ProbeRequest()
 
 
-class WatchTracker:
+class HeldRequestTracker:
     """Remembers the last health ETag seen and whether the agent holds watches."""
 
     def __init__(self, policy: ProbePolicy, name: str, rng: random.Random | None = None) -> None:

@@ -25,7 +25,6 @@ class HealthStats:
     last_reason: str | None
     outage_started: datetime | None
     last_outage_s: float | None
-    outage_probes: int
 
 
 class StatsRecorder:
@@ -44,7 +43,6 @@ class StatsRecorder:
         self._outage_started: datetime | None = None
         self._outage_started_monotonic: float | None = None
         self._last_outage_s: float | None = None
-        self._outage_probes = 0
 
     def __call__(self, event: ProbeEvent) -> None:
         with self._lock:
@@ -64,7 +62,6 @@ class StatsRecorder:
                 if event.consecutive_failures == 1 and event.state_before is not HealthState.DOWN:
                     self._outage_started = datetime.now(UTC)
                     self._outage_started_monotonic = time.monotonic()
-                self._outage_probes = event.consecutive_failures
             if event.state_after is not self._state:
                 self._state = event.state_after
                 self._state_since = datetime.now(UTC)
@@ -82,5 +79,4 @@ class StatsRecorder:
                 last_reason=self._last_reason,
                 outage_started=self._outage_started,
                 last_outage_s=self._last_outage_s,
-                outage_probes=self._outage_probes,
             )

@@ -20,7 +20,7 @@ from rpc_datasource.health.state import (
     HealthStateMachine,
     ProbeResult,
 )
-from rpc_datasource.health.watch_rules import ProbeRequest, WatchTracker
+from rpc_datasource.health.watch_rules import HeldRequestTracker, ProbeRequest
 from rpc_datasource.instrumentation.in_flight import probes_in_flight
 from rpc_datasource.transport.probe import Probe, ProbeOutcome
 
@@ -47,7 +47,7 @@ class HealthWatcher:
         self._hooks = tuple(hooks)
         self._clock = clock or LoopClock()
         self._rng = rng or random.Random()
-        self._watch = WatchTracker(policy, name, self._rng)
+        self._watch = HeldRequestTracker(policy, name, self._rng)
 
     async def run(self) -> None:
         """Probe until cancelled; cancelling it also cancels the probe in flight."""

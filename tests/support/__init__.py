@@ -4,6 +4,7 @@ polling, free ports and the library's threads."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -24,7 +25,8 @@ from werkzeug.serving import BaseWSGIServer, make_server
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-from rpc_agent import AgentSettings, RpcAgent, SchemaProvider
+from rpc_agent import AgentCore, AgentSettings, RpcAgent, SchemaProvider
+from rpc_agent.core.held_requests import health_etag
 from rpc_common.signing import SignatureScheme, signed_headers
 
 # TEST VALUE ONLY: never use this secret outside the test suite.
@@ -235,3 +237,14 @@ def unresolvable_name(monkeypatch: MonkeyPatch) -> Iterator[str]:
     with local_name_server() as names, resolving_through(names, monkeypatch):
         yield f"agent.invalid:{free_port()}"
         assert names.queries("agent.invalid"), "the client never asked the local name server"
+
+
+def agent_health(agent: AgentCore) -> dict[str, Any]:
+    """The body an agent answers /health with right now, as a dict."""
+    body: dict[str, Any] = json.loads(agent.health_answer().body(agent.uptime_s()))
+    return body
+
+
+def health_etag_of(body: dict[str, Any]) -> str:
+    """The `ETag` an agent sends with the health `body`."""
+    return health_etag(body["status"], body["instance_id"], body["schema_etag"])
