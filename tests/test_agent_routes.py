@@ -17,7 +17,7 @@ from werkzeug.test import TestResponse
 
 from rpc_agent import AgentSettings, RpcAgent
 from rpc_common.signing import sign_bound, sign_original, signed_headers
-from tests.support import OTHER_SECRET, TEST_SECRET, agent_app, signed
+from tests.support import OTHER_SECRET, PRODUCTS_SCHEMA, TEST_SECRET, agent_app, signed
 from tests.support.odd_headers import HAND_PICKED
 
 pytestmark = pytest.mark.slow
@@ -25,19 +25,6 @@ pytestmark = pytest.mark.slow
 ROUTES = ["/forest/health", "/forest/rpc-schema", "/forest/sse"]
 REASONS = {"missing_headers", "malformed_timestamp", "timestamp_out_of_window", "bad_signature"}
 THIRD_SECRET = "a-third-test-only-secret-never-configured-anywhere-42"
-
-PRODUCTS_SCHEMA: dict[str, Any] = {
-    "collections": [
-        {
-            "name": "products",
-            "fields": [
-                {"field": "id", "type": "Number", "is_primary_key": True},
-                {"field": "label", "type": "String", "is_sortable": True},
-            ],
-        }
-    ],
-    "charts": [{"name": "stock", "kind": "line"}],
-}
 
 
 def make_agent(

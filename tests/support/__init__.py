@@ -248,3 +248,18 @@ def agent_health(agent: AgentCore) -> dict[str, Any]:
 def health_etag_of(body: dict[str, Any]) -> str:
     """The `ETag` an agent sends with the health `body`."""
     return health_etag(body["status"], body["instance_id"], body["schema_etag"])
+
+
+# The schema the in-process agent tests serve: one collection, one chart.
+PRODUCTS_SCHEMA: dict[str, Any] = {
+    "collections": [
+        {
+            "name": "products",
+            "fields": [
+                {"field": "id", "type": "Number", "is_primary_key": True},
+                {"field": "label", "type": "String", "is_sortable": True},
+            ],
+        }
+    ],
+    "charts": [{"name": "stock", "kind": "line"}],
+}

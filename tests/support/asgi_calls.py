@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from rpc_agent import AgentSettings
 from rpc_agent.asgi import RpcAgentMiddleware
 from rpc_common.signing import signed_headers
-from tests.support import TEST_SECRET
+from tests.support import PRODUCTS_SCHEMA, TEST_SECRET
 
 Message = dict[str, Any]
 
@@ -55,18 +55,7 @@ LONG_INTERVAL = 30.0
 POLL_S = 0.005
 
 
-SCHEMA_A: dict[str, Any] = {
-    "collections": [
-        {
-            "name": "products",
-            "fields": [
-                {"field": "id", "type": "Number", "is_primary_key": True},
-                {"field": "label", "type": "String", "is_sortable": True},
-            ],
-        }
-    ],
-    "charts": [{"name": "stock", "kind": "line"}],
-}
+SCHEMA_A = PRODUCTS_SCHEMA
 
 
 PRODUCTS = [{"id": 1, "label": "kettle"}, {"id": 2, "label": "teapot"}]
