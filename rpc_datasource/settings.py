@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from rpc_common.protocol import DEFAULT_SCHEMA_MAX_BYTES, DEFAULT_URL_PREFIX
 from rpc_common.settings import AuthSecretSettings, normalised_url_prefix
 from rpc_common.signing import SignatureScheme
-from rpc_datasource.health.policy import ProbeMode, ProbePolicy
+from rpc_datasource.health.policy import ProbeMode, ProbePolicy, check_count, check_seconds
 from rpc_datasource.transport.endpoint import AgentEndpoint
 
 
@@ -16,12 +16,12 @@ class DatasourceSettings(AuthSecretSettings):
 
     rpc_uri: str
     url_prefix: str = DEFAULT_URL_PREFIX
-    health_check_interval: float = Field(default=30.0, gt=0, le=86_400)
-    health_check_failure_threshold: int = Field(default=3, ge=1, le=1_000)
-    health_check_timeout: float = Field(default=5.0, gt=0, le=600)
-    health_check_recovery_threshold: int = Field(default=1, ge=1, le=1_000)
+    health_check_interval: float = 30.0
+    health_check_failure_threshold: int = 3
+    health_check_timeout: float = 5.0
+    health_check_recovery_threshold: int = 1
     health_check_mode: ProbeMode = "poll"
-    health_check_watch_wait: float = Field(default=25.0, gt=0, le=3_600)
+    health_check_watch_wait: float = 25.0
     schema_max_bytes: int = Field(default=DEFAULT_SCHEMA_MAX_BYTES, ge=1024)
     signature_scheme: SignatureScheme = "v2"
 
@@ -31,6 +31,16 @@ class DatasourceSettings(AuthSecretSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("FOREST_RPC_URI must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("health_check_interval", "health_check_timeout", "health_check_watch_wait")
+    @classmethod
+    def _seconds(cls, value: float, info: ValidationInfo) -> float:
+        return check_seconds(info.field_name or "", value)
+
+    @field_validator("health_check_failure_threshold", "health_check_recovery_threshold")
+    @classmethod
+    def _count(cls, value: int, info: ValidationInfo) -> int:
+        return check_count(info.field_name or "", value)
 
     @field_validator("url_prefix")
     @classmethod

@@ -21,15 +21,22 @@ FINEST_GRID_S = 0.05
 COARSEST_GRID_S = 1.0
 
 
-def _check_positive(name: str, value: float) -> None:
+# The one rule for each knob, for `ProbePolicy` and `DatasourceSettings` alike.
+
+
+def check_seconds(name: str, value: float) -> float:
+    """`value` if it is a finite number of seconds above 0; else `ValueError` naming `name`."""
     number = isinstance(value, int | float) and not isinstance(value, bool)
     if not (number and math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number greater than 0, got {value!r}")
+    return value
 
 
-def _check_count(name: str, value: int) -> None:
+def check_count(name: str, value: int) -> int:
+    """`value` if it is a whole number of at least 1; else `ValueError` naming `name`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -50,19 +57,19 @@ class ProbePolicy:
     watch_wait: float = 25.0
 
     def __post_init__(self) -> None:
-        _check_positive("polling_interval", self.polling_interval)
-        _check_count("failure_threshold", self.failure_threshold)
-        _check_positive("timeout", self.timeout)
+        check_seconds("polling_interval", self.polling_interval)
+        check_count("failure_threshold", self.failure_threshold)
+        check_seconds("timeout", self.timeout)
         if self.failure_retry_interval is None:
             retry = default_failure_retry_interval(self.polling_interval)
             object.__setattr__(self, "failure_retry_interval", retry)
-        _check_positive("failure_retry_interval", self.retry_interval)
+        check_seconds("failure_retry_interval", self.retry_interval)
         if not (isinstance(self.jitter, int | float) and 0 <= self.jitter < 1):
             raise ValueError(f"jitter must be in [0, 1), got {self.jitter!r}")
-        _check_count("recovery_threshold", self.recovery_threshold)
+        check_count("recovery_threshold", self.recovery_threshold)
         if self.mode not in ("poll", "watch"):
             raise ValueError(f"mode must be 'poll' or 'watch', got {self.mode!r}")
-        _check_positive("watch_wait", self.watch_wait)
+        check_seconds("watch_wait", self.watch_wait)
 
     @property
     def retry_interval(self) -> float:
