@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import threading
@@ -229,12 +228,13 @@ def test_start_is_idempotent_and_stop_ends_polling(
         assert library_threads("rpc-health") == []
         assert len(counting.snapshot()) == hits_after_stop
 
-    # One poller with no jitter: each probe starts a full interval after the previous one
-    # ended, so no two arrivals are closer than the interval (three pollers would be).
+    # One poller: one probe per interval over the whole run, where three pollers would make
+    # three. (Counted, not timed gap by gap: a loaded machine delays single arrivals. The
+    # spacing itself is proven on a fake clock in test_watcher.)
     arrivals = [at for at, _ in counting.snapshot()]
-    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
-    assert len(gaps) >= 7
-    assert min(gaps) >= interval * 0.9, gaps
+    assert len(arrivals) >= 8
+    intervals_elapsed = (arrivals[-1] - arrivals[0]) / interval
+    assert len(arrivals) - 1 <= intervals_elapsed * 1.5 + 1, (len(arrivals), intervals_elapsed)
 
 
 # --- healthy agent ---------------------------------------------------------------------------
