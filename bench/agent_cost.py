@@ -87,7 +87,7 @@ def build_app() -> tuple[Flask, RpcAgent]:
     """The agent (TEST secret) and `/bare`: a JSON body padded to the health body's size."""
     app = Flask("agent_cost")
     agent = RpcAgent(app, settings=AgentSettings(auth_secret=SecretStr(TEST_SECRET)))
-    target = len(agent.health_state().body(agent.uptime_s()))
+    target = len(agent.health_answer().body(agent.uptime_s()))
     with app.app_context():
         unpadded = len(jsonify({"status": "ok", "pad": ""}).get_data())
     bare = {"status": "ok", "pad": "x" * max(0, target - unpadded)}

@@ -92,13 +92,13 @@ def test_schema_changed_reads_the_provider_in_the_background() -> None:
     agent = AgentCore(settings=AgentSettings(auth_secret=TEST_SECRET), schema_provider=provider)
     before = agent.schema_answer().etag
     for _ in range(5):
-        agent.health_state()
+        agent.health_answer()
         agent.schema_answer()
     assert calls == 1, "requests never call the provider"
     current["schema"] = {"collections": [{"name": "products"}], "charts": []}
     assert agent.schema_changed().result(timeout=5)
     assert agent.schema_answer().etag != before
-    assert agent.health_state().schema_etag == agent.schema_answer().etag
+    assert agent.health_answer().schema_etag == agent.schema_answer().etag
 
 
 def test_the_refresh_interval_picks_a_change_up_without_a_call() -> None:
