@@ -19,6 +19,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
     ) from error
 
 from rpc_agent.core.agent import AgentCore
+from rpc_agent.core.checks import CheckStatus
 from rpc_agent.core.events import AgentRequestEvent, request_hooks
 from rpc_agent.process import state as server_process
 from rpc_common.instrumentation import InstrumentedRegistries
@@ -52,7 +53,31 @@ class AgentStateCollector(Collector):
             "1 while the last call of the schema provider failed (the last good schema is served).",
         )
         schema_error.add_metric([], any(agent.schema_cache.error for agent in agents))
-        yield from (held, streams, stopping, schema_error, info)
+        check_ok = GaugeMetricFamily(
+            "forest_agent_check_ok",
+            "1 while a readiness check passes, 0 while it fails (absent before its first result).",
+            labels=["check"],
+        )
+        check_duration = GaugeMetricFamily(
+            "forest_agent_check_duration_seconds",
+            "How long a readiness check's last completed run took.",
+            labels=["check"],
+        )
+        for name, status in sorted(_check_statuses(agents).items()):
+            check_ok.add_metric([name], int(status.ok))
+            if status.duration_s is not None:
+                check_duration.add_metric([name], status.duration_s)
+        yield from (held, streams, stopping, schema_error, info, check_ok, check_duration)
+
+
+def _check_statuses(agents: list[AgentCore]) -> dict[str, CheckStatus]:
+    """Each check's latest status across the agents (a failing one wins)."""
+    found: dict[str, CheckStatus] = {}
+    for agent in agents:
+        for name, status in agent.checks.statuses().items():
+            if status is not None and (name not in found or not status.ok):
+                found[name] = status
+    return found
 
 
 def _open_streams(agent: AgentCore) -> int:

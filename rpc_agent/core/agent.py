@@ -9,9 +9,11 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 
+from rpc_agent.core.checks import STARTING_REASON, Check, Readiness, ReadinessChecks
 from rpc_agent.core.held_requests import HeldRequests, health_etag
 from rpc_agent.core.schema import SchemaCache, SchemaProvider, canonical_json, empty_schema
 from rpc_agent.core.settings import AgentSettings
@@ -39,6 +41,8 @@ class HealthAnswer:
     etag: str
     schema_etag: str
     schema_error: str | None
+    shutting_down: bool
+    checks_version: int
     body_head: bytes  # the JSON body up to the uptime's value
 
     def body(self, uptime_s: float) -> bytes:
@@ -74,6 +78,7 @@ class AgentCore:
         self.instance_id = server_process.server_instance_id()
         self.version = package_version()
         self.verification_secrets = tuple(self.settings.verification_secrets())
+        self.checks = ReadinessChecks(self.held_requests.notify, self.verification_secrets)
         self._started = time.monotonic()
         self._shutdown = threading.Event()
         self._health: HealthAnswer | None = None
@@ -116,6 +121,21 @@ class AgentCore:
         self.held_requests.notify()
         self.sse_manager.end_current()
 
+    def add_check(
+        self,
+        name: str,
+        check: Check,
+        *,
+        interval: float = 5.0,
+        timeout: float = 2.0,
+        critical: bool = True,
+    ) -> None:
+        """A readiness check, run every `interval` seconds in the background: a plain or
+        coroutine function that returns when the data server can serve and raises when it
+        cannot (the reason is its text), within `timeout`. A critical one failing makes
+        health `503` `unavailable`; a non-critical one, `200` `degraded`."""
+        self.checks.add(name, check, interval=interval, timeout=timeout, critical=critical)
+
     def schema_changed(self) -> Future[bool]:
         """Read the schema provider again, in the background (after the app changed its
         schema); the future says whether the schema changed. Held watches are answered when
@@ -126,38 +146,65 @@ class AgentCore:
         return time.monotonic() - self._started
 
     def health_answer(self) -> HealthAnswer:
-        """The current health state; rebuilt only when the shutdown or the schema moved."""
+        """The current health state; rebuilt only when the shutdown, the schema or a check
+        moved, never waiting on a check or the schema provider."""
         _, schema_etag = self.schema_cache.current()
         schema_error = self.schema_cache.error
         shutting_down = self.shutting_down
+        self.checks.ensure_running()  # in a worker forked after the checks were added
+        checks_version = self.checks.version
         state = self._health
         if (
             state is None
             or state.schema_etag != schema_etag
             or state.schema_error != schema_error
-            or (state.status_code == 503) != shutting_down
+            or state.shutting_down != shutting_down
+            or state.checks_version != checks_version
         ):
-            state = self._health = self._build_health(schema_etag, schema_error, shutting_down)
+            state = self._health = self._build_health(
+                schema_etag, schema_error, shutting_down, checks_version
+            )
         return state
 
     def _build_health(
-        self, schema_etag: str, schema_error: str | None, shutting_down: bool
+        self, schema_etag: str, schema_error: str | None, shutting_down: bool, checks_version: int
     ) -> HealthAnswer:
-        status = "shutting_down" if shutting_down else "ok"
-        fields = {
+        readiness = self.checks.readiness() if self.checks else Readiness.OK
+        reason = None
+        if shutting_down:
+            status, code = "shutting_down", 503
+        elif readiness in (Readiness.STARTING, Readiness.UNAVAILABLE):
+            status, code = "unavailable", 503
+            reason = STARTING_REASON if readiness is Readiness.STARTING else None
+        else:
+            status, code = str(readiness), 200
+        fields: dict[str, Any] = {
             "status": status,
             "version": self.version,
             "instance_id": self.instance_id,
             "schema_etag": schema_etag,
         }
+        if reason is not None:
+            fields["reason"] = reason
         if schema_error is not None:
             fields["schema_error"] = schema_error
+        if self.checks:
+            fields["checks"] = {
+                name: (
+                    found.as_json()
+                    if found is not None
+                    else {"status": "failing", "reason": STARTING_REASON, "since": None}
+                )
+                for name, found in self.checks.statuses().items()
+            }
         head = json.dumps(fields, separators=(",", ":"))[:-1] + ',"uptime_s":'
         return HealthAnswer(
-            status_code=503 if shutting_down else 200,
-            etag=health_etag(status, self.instance_id, schema_etag),
+            status_code=code,
+            etag=health_etag(status, self.instance_id, schema_etag, self.checks.token()),
             schema_etag=schema_etag,
             schema_error=schema_error,
+            shutting_down=shutting_down,
+            checks_version=checks_version,
             body_head=head.encode(),
         )
 

@@ -29,9 +29,11 @@ def parse_wait(value: str, cap: float) -> float:
     return min(seconds, cap)
 
 
-def health_etag(status: str, instance_id: str, schema_etag: str) -> str:
-    """A token of the health state, quoted as an ETag: it changes when any of the three does."""
-    digest = hashlib.sha256(f"{status}\n{instance_id}\n{schema_etag}".encode()).hexdigest()
+def health_etag(status: str, instance_id: str, schema_etag: str, checks: str = "") -> str:
+    """A token of the health state, quoted as an ETag: it changes when the status, the
+    instance, the schema or any readiness check's status does."""
+    state = f"{status}\n{instance_id}\n{schema_etag}" + (f"\n{checks}" if checks else "")
+    digest = hashlib.sha256(state.encode()).hexdigest()
     return f'"{digest[:32]}"'
 
 
