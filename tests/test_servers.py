@@ -194,8 +194,10 @@ def test_health_answers_ok_with_its_state_token(server: RunningServer) -> None:
     assert response.headers["Content-Type"].startswith("application/json")
     assert response.headers["Cache-Control"] == "no-store"
     body = response.json()
-    assert set(body) == {"status", "version", "instance_id", "schema_etag", "uptime_s"}
+    assert set(body) == {"status", "version", "instance_id", "schema_etag", "uptime_s", "checks"}
     assert body["status"] == "ok"
+    # The warehouse's readiness check of its database, in every worker.
+    assert body["checks"]["database"]["status"] == "ok"
     assert response.headers["ETag"].startswith('"')
     assert server.get(HEALTH).headers["ETag"] == response.headers["ETag"]
 
@@ -442,6 +444,31 @@ def test_a_reload_replaces_the_workers_without_an_outage(kind: ServerKind, tmp_p
             client.stop()
     assert second != first
     assert downs == [], f"a reload was taken for an outage: {client.stats()}"
+
+
+def test_with_preload_every_worker_runs_the_readiness_checks(tmp_path: Path) -> None:
+    """Checks added in the master (the app loaded before the fork) run in each worker: a
+    database gone is reported by every worker, and so is its return."""
+    kind = ServerKind(
+        "gunicorn-gthread-preload",
+        workers=2,
+        holds_watches=True,
+        worker_class="gthread",
+        preload=True,
+        factory_options=", db_check_interval=0.1",
+    )
+    db = tmp_path / "w.db"
+    with running_server(kind, db, tmp_path / "logs", settings=NO_DRAIN) as server:
+
+        def every_worker_says(status: str) -> bool:
+            answers = [server.get(HEALTH).json() for _ in range(10)]
+            return all(answer["status"] == status for answer in answers)
+
+        assert wait_until(lambda: every_worker_says("ok"), DEADLINE_S)
+        db.rename(db.with_name("w.db.away"))
+        assert wait_until(lambda: every_worker_says("unavailable"), DEADLINE_S)
+        db.with_name("w.db.away").rename(db)
+        assert wait_until(lambda: every_worker_says("ok"), DEADLINE_S)
 
 
 def test_with_preload_the_workers_answer_the_announced_id(tmp_path: Path) -> None:

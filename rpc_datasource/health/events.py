@@ -32,6 +32,11 @@ class ProbeEvent:
     def reason(self) -> FailureReason | None:
         return self.result.reason
 
+    @property
+    def failing_checks(self) -> tuple[str, ...]:
+        """The agent's readiness checks its answer named failing (degraded, or not ready)."""
+        return self.result.failing_checks
+
     # Computed once per event: every hook asks, and Flag membership is slow.
     @cached_property
     def went_down(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -98,7 +99,8 @@ def classify_health_response(
     if parsed is not None and parsed.get("status") == "shutting_down":
         return ProbeResult.shutting_down(f"HTTP {status}: agent is shutting down")
     if parsed is not None and parsed.get("status") == "unavailable":
-        return ProbeResult.failed(FailureReason.NOT_READY, _not_ready_cause(status, parsed))
+        not_ready = ProbeResult.failed(FailureReason.NOT_READY, _not_ready_cause(status, parsed))
+        return replace(not_ready, failing_checks=tuple(failing_checks(parsed)))
     if status == 404 and target:
         return ProbeResult.failed(FailureReason.HTTP_STATUS, "HTTP 404" + not_found_hint(target))
     if status == 401:

@@ -37,7 +37,8 @@ class ProbeResult:
     schema_etag: str | None = None
     cause: str = ""
     reason: FailureReason | None = None
-    # For a success, the checks the agent reports failing: not empty means "degraded".
+    # The readiness checks the agent reports failing: on a success they mean "degraded", on
+    # a `not_ready` failure they are why.
     failing_checks: tuple[str, ...] = ()
 
     @classmethod

@@ -44,6 +44,12 @@ class DatasourceMetrics:
             ["agent"],
             registry=registry,
         )
+        self.agent_degraded = Gauge(
+            "forest_datasource_agent_degraded",
+            "1 while the agent answers degraded: serving, with non-critical checks failing.",
+            ["agent"],
+            registry=registry,
+        )
         self.probes = Counter(
             "forest_datasource_probes",
             "Health probes sent to the agent.",
@@ -107,6 +113,7 @@ class DatasourceMetrics:
         self.in_flight.set_function(lambda: probes_in_flight.value)
         self.collectors = (
             self.agent_up,
+            self.agent_degraded,
             self.probes,
             self.failures,
             self.duration,
@@ -133,6 +140,7 @@ class DatasourceMetrics:
             self.transitions.labels(agent, event.state_after).inc()
         if event.state_after is not HealthState.UNKNOWN:
             self.agent_up.labels(agent).set(event.state_after is HealthState.UP)
+        self.agent_degraded.labels(agent).set(event.result.degraded)
         if event.restarted:
             self.restarts.labels(agent).inc()
 

@@ -25,6 +25,8 @@ class HealthStats:
     last_reason: str | None
     outage_started: datetime | None
     last_outage_s: float | None
+    # The readiness checks the agent's last answer named failing (degraded or not ready).
+    failing_checks: tuple[str, ...] = ()
 
 
 class StatsRecorder:
@@ -43,12 +45,14 @@ class StatsRecorder:
         self._outage_started: datetime | None = None
         self._outage_started_monotonic: float | None = None
         self._last_outage_s: float | None = None
+        self._failing_checks: tuple[str, ...] = ()
 
     def __call__(self, event: ProbeEvent) -> None:
         with self._lock:
             self._probes += 1
             self._last_latency_s = event.latency_s
             self._consecutive_failures = event.consecutive_failures
+            self._failing_checks = event.failing_checks
             if event.result.succeeded:
                 if event.recovered and self._outage_started_monotonic is not None:
                     self._last_outage_s = time.monotonic() - self._outage_started_monotonic
@@ -79,4 +83,5 @@ class StatsRecorder:
                 last_reason=self._last_reason,
                 outage_started=self._outage_started,
                 last_outage_s=self._last_outage_s,
+                failing_checks=self._failing_checks,
             )

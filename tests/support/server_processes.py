@@ -71,6 +71,7 @@ class ServerKind:
     threads: int = 4  # gthread's --threads
     preload: bool = False  # gunicorn's --preload: the app is loaded in the master
     app_factory: str = "create_app"  # the warehouse factory gunicorn loads
+    factory_options: str = ""  # more keyword arguments for it, e.g. ", db_check_interval=0.1"
 
     @property
     def is_gunicorn(self) -> bool:
@@ -110,7 +111,7 @@ class ServerKind:
             "-",
             "--access-logformat",
             GUNICORN_ACCESS_FORMAT,
-            f"examples.warehouse:{self.app_factory}({str(db_path)!r})",
+            f"examples.warehouse:{self.app_factory}({str(db_path)!r}{self.factory_options})",
         ]
 
 
