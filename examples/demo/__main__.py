@@ -1,5 +1,6 @@
 """`python -m examples.demo`: warehouse and master through a graceful stop, a crash, a migration
-and a restart, once with the master polling and once watching (held health requests).
+and a restart, and a database outage the warehouse's readiness check reports, once with the
+master polling and once watching (held health requests).
 
 Prints a timeline and a comparison of the two modes, and exits 0 when every step happened as
 it should, else 1 naming the step.
@@ -30,6 +31,7 @@ POLLING_INTERVAL = 0.5
 FAILURE_THRESHOLD = 3
 PROBE_TIMEOUT = 1.0
 WATCH_WAIT = 1.0
+DB_CHECK_INTERVAL = 0.25
 MODES = ("poll", "watch")
 # The data server the demo runs: the Flask warehouse on the project's runner, or the FastAPI
 # one with the ASGI middleware; both on uvicorn.
@@ -89,7 +91,10 @@ class Demo:
         print(f"[{time.monotonic() - self.started:6.2f}s] {message}", flush=True)
 
     def start_warehouse(self) -> ChildProcess:
-        args = ["--host", "127.0.0.1", "--port", str(self.warehouse_port), "--db", str(self.db)]
+        args = [
+            *("--host", "127.0.0.1", "--port", str(self.warehouse_port), "--db", str(self.db)),
+            *("--db-check-interval", str(DB_CHECK_INTERVAL)),
+        ]
         warehouse = ChildProcess("warehouse", self.server_module, args, self.env)
         deadline = time.monotonic() + 30
         url = f"http://127.0.0.1:{self.warehouse_port}/forest/health"
@@ -169,6 +174,7 @@ class Demo:
 
         graceful = self.stop_gracefully_and_restart(mode)
         crash = self.crash_migrate_and_restart(mode, bound)
+        self.lose_and_restore_the_database(mode)
         self.check_each_event_once(mode)
         if self.master.stop() != 0:
             raise StepFailed(f"clean stop: the {mode} master did not exit 0 on SIGTERM")
@@ -243,6 +249,27 @@ class Demo:
         self.say(f"[{mode}] master: {self.event(reloaded.text)}")
         return latency
 
+    def lose_and_restore_the_database(self, mode: str) -> None:
+        """The warehouse process lives on, but its database is gone: its readiness check
+        fails, the agent answers 503 `unavailable`, and the master sees an outage naming the
+        check; with the database back it recovers, and no schema is reloaded (none changed)."""
+        away = self.db.with_name(self.db.name + ".away")
+        threading.Event().wait(POLLING_INTERVAL * 1.5)
+        lost_at = time.monotonic()
+        os.replace(self.db, away)
+        self.say(f"[{mode}] database made unavailable (its file moved away)")
+        down = self.master_line("database outage", r"warehouse DOWN", 30, lost_at)
+        if "not_ready" not in down.text or "database" not in down.text:
+            raise StepFailed(f"the outage should name not_ready and the check: {down.text}")
+        self.say(f"[{mode}] database outage seen as not ready: {self.event(down.text)}")
+        failing = self.master_status(503)["failing_checks"]
+        self.say(f"[{mode}] master /status: 503, failing checks {', '.join(failing)}")
+        back_at = time.monotonic()
+        os.replace(away, self.db)
+        self.say(f"[{mode}] database back")
+        recovered = self.master_line("database recovery", r"warehouse RECOVERED", 30, back_at)
+        self.say(f"[{mode}] master: {self.event(recovered.text)}")
+
     @staticmethod
     def event(line: str) -> str:
         return line.split("warehouse ", 1)[1]
@@ -260,7 +287,7 @@ class Demo:
             event: self.master.count_lines(rf"warehouse {event}")
             for event in ("DOWN", "RECOVERED", "SCHEMA RELOADED")
         }
-        if counts != {"DOWN": 2, "RECOVERED": 2, "SCHEMA RELOADED": 1}:
+        if counts != {"DOWN": 3, "RECOVERED": 3, "SCHEMA RELOADED": 1}:
             raise StepFailed(f"each event should be logged once per outage, got {counts}")
         status = self.master_status()
         if status["state"] != "up" or status["schema_reloads"] != 1:
@@ -268,7 +295,7 @@ class Demo:
         samples = self.master_metrics()
         expected = {
             "forest_datasource_agent_up": 1,
-            "forest_datasource_state_transitions_total{state=down}": 2,
+            "forest_datasource_state_transitions_total{state=down}": 3,
             "forest_datasource_schema_reloads_total": 1,
         }
         found = {name: samples.get(name) for name in expected}
@@ -332,7 +359,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         finally:
             demo.cleanup()
-    demo.say("demo passed: in both modes, each outage detected once, recovery, migration reloaded")
+    demo.say(
+        "demo passed: in both modes, each outage detected once (the database's as not ready), "
+        "recovery, migration reloaded"
+    )
     return 0
 
 

@@ -34,6 +34,7 @@ def datasource_status(datasource: RpcDatasource) -> dict[str, Any]:
         ),
         "last_error": stats.last_error,
         "last_reason": stats.last_reason,
+        "failing_checks": list(stats.failing_checks),
         "last_outage_s": stats.last_outage_s,
         "detection_bound_s": round(datasource.health.detection_bound_s, 3),
         "schema_etag": datasource.schema_etag,

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings is None:
         return 2
     try:
-        app = create_app(args.db, settings)
+        app = create_app(args.db, settings, db_check_interval=args.db_check_interval)
     except ConfigurationError as error:  # the schema provider refused at start
         print(f"warehouse: {error}", file=sys.stderr)
         return 2

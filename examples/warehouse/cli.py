@@ -23,6 +23,12 @@ def parse_arguments(
     parser.add_argument("--port", type=int, default=5001)
     parser.add_argument("--db", type=Path, default=Path("warehouse.db"))
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--db-check-interval",
+        type=float,
+        default=5.0,
+        help="seconds between the agent's readiness checks of the database (default 5)",
+    )
     if choose_server:
         parser.add_argument(
             "--server",

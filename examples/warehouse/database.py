@@ -88,3 +88,16 @@ def add_column(path: Path, table: str, column: str, sql_type: str) -> None:
             connection.execute(f'ALTER TABLE "{table}" ADD COLUMN "{column}" {sql_type}')
     finally:
         connection.close()
+
+
+def check_database(path: Path, timeout: float = 1.0) -> None:
+    """The warehouse's readiness check: a new connection to the database at `path` answers
+    `SELECT 1`; raises when the file is gone or unreadable, or locked past `timeout`.
+
+    It opens the file read-write without creating it (`mode=rw`), so a database moved away or
+    deleted is an outage, where a plain `connect` would make an empty one."""
+    connection = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=timeout)
+    try:
+        connection.execute("SELECT 1").fetchone()
+    finally:
+        connection.close()

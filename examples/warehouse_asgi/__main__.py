@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_or_none("warehouse_asgi")
     if settings is None:
         return 2
-    app = create_app(args.db, settings)
+    app = create_app(args.db, settings, db_check_interval=args.db_check_interval)
     logger.info(
         "schema ETag %s, instance %s", app.agent.schema_answer().etag, app.agent.instance_id
     )
