@@ -11,8 +11,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
-from rpc_agent import AgentCore, AgentSettings
+from rpc_agent import AgentCore, AgentSettings, metrics
 from rpc_agent.asgi import RpcAgentMiddleware as AsgiMiddleware
 from rpc_agent.core.held_requests import health_etag
 from rpc_agent.wsgi import RpcAgentMiddleware as WsgiMiddleware
@@ -266,3 +267,21 @@ def _timed(call: Callable[[], object]) -> float:
     started = time.perf_counter()
     call()
     return time.perf_counter() - started
+
+
+def test_the_agents_metrics_carry_each_checks_status_and_duration() -> None:
+    registry = CollectorRegistry()
+    metrics.instrument(registry)
+    try:
+        agent = new_agent()
+        cache = Switch()
+        cache.reason = "cache node gone"
+        agent.add_check("ledger", lambda: None, interval=FAST)
+        agent.add_check("cache-x", cache, interval=FAST, critical=False)
+        eventually_status(agent, "degraded")
+        assert registry.get_sample_value("forest_agent_check_ok", {"check": "ledger"}) == 1.0
+        assert registry.get_sample_value("forest_agent_check_ok", {"check": "cache-x"}) == 0.0
+        took = registry.get_sample_value("forest_agent_check_duration_seconds", {"check": "ledger"})
+        assert took is not None and 0 <= took < 1
+    finally:
+        metrics.uninstrument(registry)
