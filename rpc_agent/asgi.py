@@ -55,7 +55,15 @@ class RequestHeaders:
     sends its headers with underscores.
     """
 
-    WANTED = frozenset({b"x-timestamp", b"x-signature", b"if-none-match", b"content-length"})
+    WANTED = frozenset(
+        protocol.asgi_header(name)
+        for name in (
+            protocol.TIMESTAMP_HEADER,
+            protocol.SIGNATURE_HEADER,
+            protocol.IF_NONE_MATCH_HEADER,
+            "Content-Length",
+        )
+    )
 
     def __init__(self, scope: Scope) -> None:
         found: dict[bytes, str] = {}
@@ -123,9 +131,9 @@ class RpcAgentMiddleware(AgentMiddlewareBase[ASGIApp]):
             method=scope["method"],
             target=scope_target(scope),
             query=bytes(scope.get("query_string", b"")).decode("latin-1"),
-            timestamp=headers.get(b"x-timestamp"),
-            signature=headers.get(b"x-signature"),
-            if_none_match=headers.get(b"if-none-match"),
+            timestamp=headers.get(protocol.asgi_header(protocol.TIMESTAMP_HEADER)),
+            signature=headers.get(protocol.asgi_header(protocol.SIGNATURE_HEADER)),
+            if_none_match=headers.get(protocol.asgi_header(protocol.IF_NONE_MATCH_HEADER)),
             body=body,
             client=":".join(str(part) for part in scope.get("client") or ("-", "-")),
         )

@@ -60,9 +60,9 @@ def agent_request(environ: WSGIEnvironment, body: bytes) -> AgentRequest:
         method=environ.get("REQUEST_METHOD", "GET"),
         target=environ_target(environ),
         query=environ.get("QUERY_STRING", ""),
-        timestamp=environ.get("HTTP_X_TIMESTAMP"),
-        signature=environ.get("HTTP_X_SIGNATURE"),
-        if_none_match=environ.get("HTTP_IF_NONE_MATCH"),
+        timestamp=environ.get(protocol.wsgi_environ_key(protocol.TIMESTAMP_HEADER)),
+        signature=environ.get(protocol.wsgi_environ_key(protocol.SIGNATURE_HEADER)),
+        if_none_match=environ.get(protocol.wsgi_environ_key(protocol.IF_NONE_MATCH_HEADER)),
         body=body,
         client=f"{environ.get('REMOTE_ADDR') or '-'}:{environ.get('REMOTE_PORT') or '-'}",
     )

@@ -35,6 +35,17 @@ SIGNATURE_HEADER = "X-Signature"
 IF_NONE_MATCH_HEADER = "If-None-Match"
 ETAG_HEADER = "ETag"
 
+
+def asgi_header(name: str) -> bytes:
+    """A header's name as an ASGI scope carries it: lower-case bytes."""
+    return name.lower().encode("latin-1")
+
+
+def wsgi_environ_key(name: str) -> str:
+    """A request header's key in a WSGI environ, e.g. `HTTP_X_TIMESTAMP`."""
+    return "HTTP_" + name.upper().replace("-", "_")
+
+
 # Agent routes are GETs; a request body larger than this is refused before it is read.
 MAX_REQUEST_BODY = 64 * 1024
 # What a client reads of an answer at most, unless told otherwise.
