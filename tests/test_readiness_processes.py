@@ -134,6 +134,11 @@ def test_a_failing_non_critical_check_is_degraded_in_events_and_metrics_and_no_d
 ) -> None:
     registry = CollectorRegistry()
     metrics.instrument(registry)
+
+    def degraded_gauge() -> float | None:
+        labels = {"agent": watched.client.name}
+        return registry.get_sample_value("forest_datasource_agent_degraded", labels)
+
     try:
         checks_app.set("cache", "fail")
         assert wait_until(lambda: any(e.result.degraded for _, e in watched.events), DEADLINE_S)
@@ -141,26 +146,10 @@ def test_a_failing_non_critical_check_is_degraded_in_events_and_metrics_and_no_d
         assert degraded[0].failing_checks == ("cache",)
         assert degraded[0].result.succeeded and degraded[0].reason is None
         assert watched.client.stats().failing_checks == ("cache",)
-        assert wait_until(
-            lambda: (
-                registry.get_sample_value(
-                    "forest_datasource_agent_degraded", {"agent": watched.client.name}
-                )
-                == 1.0
-            ),
-            DEADLINE_S,
-        )
+        assert wait_until(lambda: degraded_gauge() == 1.0, DEADLINE_S)
         assert checks_app.health().status_code == 200
         checks_app.set("cache", "ok")
-        assert wait_until(
-            lambda: (
-                registry.get_sample_value(
-                    "forest_datasource_agent_degraded", {"agent": watched.client.name}
-                )
-                == 0.0
-            ),
-            DEADLINE_S,
-        )
+        assert wait_until(lambda: degraded_gauge() == 0.0, DEADLINE_S)
     finally:
         metrics.uninstrument(registry)
     assert watched.downs == [] and watched.recoveries == []
