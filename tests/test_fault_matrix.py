@@ -887,7 +887,9 @@ class Calls:
 
 
 REDEPLOY_INTERVAL_S = 1.0  # longer than a restart: it falls between two probes
-REDEPLOY_THRESHOLD = 3
+# Polling, a restart that falls between two probes sees none fail; one that a loaded machine
+# slows down may see a few refused, never this many.
+REDEPLOY_THRESHOLD = 10
 
 
 @pytest.mark.parametrize(
