@@ -86,11 +86,42 @@ def test_passing_checks_answer_ok_with_each_checks_status() -> None:
 def test_before_the_first_results_the_agent_is_unavailable_starting(
     release: threading.Event,
 ) -> None:
+    """Checks added while the server serves already (here, from another thread): until
+    their first result the agent says it is starting; `add_check` waits for that result."""
     agent = new_agent()
-    agent.add_check("database", release.wait, interval=FAST, timeout=30)
+    added = threading.Thread(
+        target=agent.add_check, args=("database", release.wait), kwargs={"timeout": 30}
+    )
+    added.start()
+    assert wait_until(lambda: bool(agent.checks), 5.0)
     status, body, _ = answer(agent)
     assert (status, body["status"], body["reason"]) == (503, "unavailable", "starting")
     assert body["checks"]["database"]["reason"] == "starting"
+    assert added.is_alive(), "add_check returned before the first result"
+    release.set()
+    added.join(5.0)
+    assert not added.is_alive()
+    eventually_status(agent, "ok")
+
+
+def test_an_app_factory_that_adds_a_check_starts_ready() -> None:
+    agent = new_agent()
+    agent.add_check("database", lambda: None)
+    status, body, _ = answer(agent)
+    assert (status, body["status"]) == (200, "ok")
+
+
+def test_a_check_added_on_a_running_loop_does_not_block_it() -> None:
+    agent = new_agent()
+    release = threading.Event()
+
+    async def add() -> None:
+        agent.add_check("database", release.wait, timeout=30)
+
+    started = time.monotonic()
+    asyncio.run(add())
+    assert time.monotonic() - started < 5.0
+    assert answer(agent)[1]["reason"] == "starting"
     release.set()
     eventually_status(agent, "ok")
 
@@ -168,8 +199,8 @@ def test_a_hanging_check_is_failing_with_timeout_and_never_delays_health(
     agent = new_agent()
     passes = Switch()
     agent.add_check("ok-one", passes, interval=FAST)
-    agent.add_check("hangs", release.wait, interval=FAST, timeout=0.3)
     started = time.monotonic()
+    agent.add_check("hangs", release.wait, interval=FAST, timeout=0.3)
     body = eventually_status(agent, "unavailable")
     assert body["checks"]["hangs"] == {
         "status": "failing",

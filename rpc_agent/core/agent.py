@@ -133,7 +133,9 @@ class AgentCore:
         """A readiness check, run every `interval` seconds in the background: a plain or
         coroutine function that returns when the data server can serve and raises when it
         cannot (the reason is its text), within `timeout`. A critical one failing makes
-        health `503` `unavailable`; a non-critical one, `200` `degraded`."""
+        health `503` `unavailable`; a non-critical one, `200` `degraded`. Called outside a
+        running event loop (an app factory), it waits for the first result, up to `timeout`,
+        so that the server starts ready."""
         self.checks.add(name, check, interval=interval, timeout=timeout, critical=critical)
 
     def schema_changed(self) -> Future[bool]:

@@ -148,7 +148,8 @@ class ReadinessChecks:
         critical: bool = True,
     ) -> None:
         """Run `check` every `interval` seconds in the background; it passes by returning,
-        fails by raising (its text is the reason) or by outlasting `timeout`."""
+        fails by raising (its text is the reason) or by outlasting `timeout`. Outside a running
+        event loop, waits for the first result (up to `timeout`)."""
         if not isinstance(name, str) or not name or len(name) > 64:
             raise ValueError(f"a check's name must be 1 to 64 characters, got {name!r}")
         if not callable(check):
@@ -159,12 +160,23 @@ class ReadinessChecks:
         with self._lock:
             if name in self._checks:
                 raise ValueError(f"a check named {name!r} is registered already")
-            self._checks[name] = _Registered(
+            entry = _Registered(
                 name, check, float(interval), float(timeout), critical, _is_coroutine(check)
             )
+            self._checks[name] = entry
             self._version += 1
             self._wake_scheduler()
         self.ensure_running()
+        if not _on_a_running_loop():
+            self._wait_for_result(entry)
+
+    def _wait_for_result(self, entry: _Registered) -> None:
+        """Until `entry` has its first result (its timeout at most): so that a server whose
+        app adds its checks before serving starts ready, not `starting`."""
+        deadline = time.monotonic() + entry.timeout
+        with self._lock:
+            while entry.status is None and (left := deadline - time.monotonic()) > 0:
+                self._lock.wait(left)
 
     @property
     def version(self) -> int:
@@ -198,17 +210,6 @@ class ReadinessChecks:
         if any(entry.critical for entry in failing):
             return Readiness.UNAVAILABLE
         return Readiness.DEGRADED if failing else Readiness.OK
-
-    def wait_for_first_results(self, timeout: float) -> bool:
-        """Block until every check has a status or `timeout` passes (for tests and tools)."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while any(entry.status is None for entry in self._checks.values()):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._lock.wait(left)
-        return True
 
     # --- the scheduler -----------------------------------------------------------------
 
@@ -363,6 +364,14 @@ async def _timed(check: Check, timeout: float) -> float:
     async with asyncio.timeout(timeout):
         await check()
     return time.monotonic() - started
+
+
+def _on_a_running_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _is_coroutine(check: Check) -> bool:

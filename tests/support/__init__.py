@@ -173,7 +173,7 @@ def answers_signed_health(url: str) -> bool:
     try:
         headers = signed(HEALTH_PATH)
         return requests.get(url + HEALTH_PATH, headers=headers, timeout=2).ok
-    except requests.ConnectionError:
+    except requests.RequestException:  # refused, or accepted by a server still booting
         return False
 
 
