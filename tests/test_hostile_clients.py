@@ -84,10 +84,11 @@ class Verdict:
 
 
 def probed_while(runner: Runner, attack: Callable[[], None]) -> Verdict:
-    """A legitimate master (0.5 s, timeout 2 s, threshold 3) watches while `attack` runs."""
+    """A legitimate master (0.5 s, the default 5 s timeout, threshold 3) watches while
+    `attack` runs."""
     downs: list[float] = []
     client = HealthCheckClient(
-        runner.url, TEST_SECRET, 0.5, 3, 2.0, on_server_down=lambda: downs.append(1.0)
+        runner.url, TEST_SECRET, 0.5, 3, 5.0, on_server_down=lambda: downs.append(1.0)
     )
     client.start()
     try:
