@@ -34,6 +34,7 @@ ALL_EXTRA_MODULES = [
 # Shipped but never imported here, as each needs a distribution no extra installs (gunicorn
 # and waitress are the user's choice of server): only their presence is checked, with find_spec.
 PRESENT_ONLY = [
+    "rpc_agent.gunicorn",
     "rpc_agent.servers.gunicorn",
     "rpc_agent.servers.uvicorn_worker",
     "rpc_agent.servers.waitress",
