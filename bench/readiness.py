@@ -123,16 +123,13 @@ def main() -> None:
         try:
             wait_for(lambda: get_health(requests.Session(), url).json()["status"] == "ok")
             passing = latencies(url, args.probes)
+            flips = [one_flip(url, directory) for _ in range(args.flips)]
             (directory / "database.mode").write_text("hang")
             wait_for(
-                lambda: (
-                    get_health(requests.Session(), url).json()["checks"]["database"]["reason"]
-                    == "timeout"
-                )
+                lambda: get_health(requests.Session(), url).json()["checks"]["database"]["reason"]
+                == "timeout"
             )
             hung = latencies(url, args.probes)
-            (directory / "database.mode").write_text("ok")
-            flips = [one_flip(url, directory) for _ in range(args.flips)]
         finally:
             process.terminate()
             process.wait(10)
