@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from rpc_datasource.aio import AsyncHealthCheckClient
-from tests.support import HEALTH_PATH, TEST_SECRET, agent_app, free_port, live_server
+from tests.support import HEALTH_PATH, TEST_SECRET, agent_app, closed_port, free_port, live_server
 
 DEADLINE_S = 10.0
 
@@ -88,7 +88,7 @@ def test_a_raising_callback_is_logged_and_watching_goes_on(
             raise RuntimeError("async callback exploded on purpose")
 
         async with AsyncHealthCheckClient(
-            f"http://127.0.0.1:{free_port()}{HEALTH_PATH}",
+            f"http://127.0.0.1:{closed_port()}{HEALTH_PATH}",
             TEST_SECRET,
             polling_interval=0.05,
             failure_threshold=1,

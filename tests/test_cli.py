@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import OTHER_SECRET, TEST_SECRET, agent_app, free_port, live_server
+from tests.support import OTHER_SECRET, TEST_SECRET, agent_app, closed_port, live_server
 from tests.support.scripted_server import Answer, scripted_server
 from tests.support.warehouse import Warehouse
 
@@ -80,7 +80,7 @@ def test_probe_of_an_agent_shutting_down_exits_4() -> None:
 
 
 def test_probe_of_a_port_nobody_listens_on_exits_2() -> None:
-    done = forest_rpc("probe", f"http://127.0.0.1:{free_port()}")
+    done = forest_rpc("probe", f"http://127.0.0.1:{closed_port()}")
     assert done.returncode == 2
     assert "Connection refused" in one_line(done.stdout)
 
@@ -169,7 +169,7 @@ def test_schema_prints_the_agents_schema_and_diffs_it_against_a_file(
 
 
 def test_schema_of_an_unreachable_agent_is_one_line_and_exit_2() -> None:
-    done = forest_rpc("schema", f"http://127.0.0.1:{free_port()}")
+    done = forest_rpc("schema", f"http://127.0.0.1:{closed_port()}")
     assert done.returncode == 2
     assert "cannot read the schema" in one_line(done.stderr)
 

@@ -23,6 +23,7 @@ from tests.support import (
     TEST_SECRET,
     HangingApp,
     agent_app,
+    closed_port,
     free_port,
     library_threads,
     live_server,
@@ -253,7 +254,7 @@ def test_stop_returns_while_a_callback_blocks_and_no_callback_starts_after() -> 
             release.wait(30)
 
     client = HealthCheckClient(
-        f"http://127.0.0.1:{free_port()}{HEALTH_PATH}",
+        f"http://127.0.0.1:{closed_port()}{HEALTH_PATH}",
         TEST_SECRET,
         polling_interval=0.05,
         timeout=1.0,
@@ -293,7 +294,7 @@ def test_a_slow_callback_of_one_client_does_not_delay_another_clients_callbacks(
         slow_entered.set()
         release.wait(30)
 
-    url = f"http://127.0.0.1:{free_port()}{HEALTH_PATH}"
+    url = f"http://127.0.0.1:{closed_port()}{HEALTH_PATH}"
     options = {"polling_interval": 0.05, "timeout": 1.0, "failure_threshold": 1}
     slow_client = HealthCheckClient(url, TEST_SECRET, on_server_down=slow, **options)  # type: ignore[arg-type]
     fast_client = HealthCheckClient(url, TEST_SECRET, on_server_down=fast_down.set, **options)  # type: ignore[arg-type]
@@ -319,7 +320,7 @@ def test_stopping_the_last_client_from_inside_a_callback_does_not_deadlock() -> 
         url = server.url + HEALTH_PATH
         other = HealthCheckClient(url, TEST_SECRET, polling_interval=0.05, timeout=1.0)
         last = HealthCheckClient(
-            url.replace(f":{server.port}", f":{free_port()}"),
+            url.replace(f":{server.port}", f":{closed_port()}"),
             TEST_SECRET,
             polling_interval=0.05,
             timeout=1.0,

@@ -75,7 +75,7 @@ from tests.support import (
     HEALTH_PATH,
     OTHER_SECRET,
     TEST_SECRET,
-    free_port,
+    closed_port,
     library_threads,
     unresolvable_name,
     wait_until,
@@ -639,7 +639,7 @@ def test_flapping(
 
 @contextlib.contextmanager
 def refused_port(_: pytest.MonkeyPatch) -> Iterator[str]:
-    yield f"127.0.0.1:{free_port()}"
+    yield f"127.0.0.1:{closed_port()}"
 
 
 @contextlib.contextmanager

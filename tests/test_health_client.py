@@ -29,7 +29,7 @@ from tests.support import (
     agent_app,
     agent_health,
     before_agent,
-    free_port,
+    closed_port,
     library_threads,
     live_server,
     start_server,
@@ -283,7 +283,7 @@ def test_closed_port_fires_down_once_and_keeps_failing(
     down = Counter(on_down)
     recovered = Counter()
     client = make_client(
-        f"http://127.0.0.1:{free_port()}{HEALTH_PATH}",
+        f"http://127.0.0.1:{closed_port()}{HEALTH_PATH}",
         failure_threshold=3,
         on_server_down=down,
         on_server_recovered=recovered,
@@ -535,7 +535,7 @@ def test_callbacks_run_without_the_clients_lock(
     client: HealthCheckClient
     down = Counter(lambda: seen.append(client.stats()))
     client = make_client(
-        f"http://127.0.0.1:{free_port()}{HEALTH_PATH}",
+        f"http://127.0.0.1:{closed_port()}{HEALTH_PATH}",
         failure_threshold=1,
         on_server_down=down,
         **FAST,
@@ -558,7 +558,7 @@ def test_stop_from_inside_a_callback_returns(
 
     down = Counter(stop_myself)
     client = make_client(
-        f"http://127.0.0.1:{free_port()}{HEALTH_PATH}",
+        f"http://127.0.0.1:{closed_port()}{HEALTH_PATH}",
         failure_threshold=1,
         on_server_down=down,
         **FAST,

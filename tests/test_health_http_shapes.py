@@ -29,7 +29,7 @@ from tests.support import (
     HEALTH_PATH,
     OTHER_SECRET,
     TEST_SECRET,
-    free_port,
+    closed_port,
     library_threads,
     unresolvable_name,
 )
@@ -301,14 +301,14 @@ def test_a_503_without_the_shutting_down_body_is_a_plain_failure(
 
 
 def test_connection_refused_is_a_failure() -> None:
-    url = f"http://127.0.0.1:{free_port()}{HEALTH_PATH}"
+    url = f"http://127.0.0.1:{closed_port()}{HEALTH_PATH}"
     result = probe(url)
     assert_failed(result, FailureReason.REFUSED)
     assert result.cause.startswith("connection failed")
 
 
 def test_signed_get_maps_connection_refused_to_its_reason() -> None:
-    url = f"http://127.0.0.1:{free_port()}{HEALTH_PATH}"
+    url = f"http://127.0.0.1:{closed_port()}{HEALTH_PATH}"
     with pytest.raises(AgentRequestError, match="connection failed") as raised:
         get(url)
     assert raised.value.reason is FailureReason.REFUSED

@@ -175,16 +175,26 @@ def test_idle_slowloris_and_slow_reading_connections_cost_the_master_nothing(
             HEADERS_DEADLINE_S + 5.0,
         )
 
+    idle = opened[:2_000]
+    closed: set[int] = set()
+
+    def all_idle_closed() -> bool:
+        closed.update(
+            index for index, sock in enumerate(idle) if index not in closed and closed_by_peer(sock)
+        )
+        return len(closed) == len(idle)
+
     try:
         verdict = probed_while(runner, attack)
-        idle_closed = sum(closed_by_peer(sock) for sock in opened[:2_000])
+        # Past the headers deadline the server closes them, in its own time on a busy machine.
+        all_closed = wait_until(all_idle_closed, 10.0)
     finally:
         dripping.set()
         for sock in opened + slowloris:
             sock.close()
     assert verdict.downs == 0 and verdict.failures == 0, verdict
     assert verdict.probes >= 15
-    assert idle_closed == 2_000  # past the headers deadline, never-sending ones are closed
+    assert all_closed, f"{len(closed)} of {len(idle)} never-sending connections closed"
     assert not any("Too many open files" in line for line in runner.log_lines())
 
 

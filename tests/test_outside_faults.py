@@ -17,7 +17,7 @@ import pytest
 from rpc_datasource import HealthCheckClient
 from rpc_datasource.aio import AsyncHealthCheckClient
 from rpc_datasource.runtime import engine
-from tests.support import TEST_SECRET, agent_app, free_port, live_server, wait_until
+from tests.support import TEST_SECRET, agent_app, closed_port, live_server, wait_until
 from tests.support.local_dns import LocalNameServer, local_name_server, resolving_through
 from tests.support.warehouse import Warehouse
 
@@ -106,7 +106,7 @@ def test_blocked_callbacks_delay_only_their_own_client(warehouse: Warehouse) -> 
         release.wait(30.0)
 
     stuck = [
-        HealthCheckClient(f"http://127.0.0.1:{free_port()}", TEST_SECRET, 0.2, 1, 1.0, block)
+        HealthCheckClient(f"http://127.0.0.1:{closed_port()}", TEST_SECRET, 0.2, 1, 1.0, block)
         for _ in range(6)
     ]
     watched = Downs()
@@ -144,7 +144,7 @@ def test_blocked_plain_callbacks_of_asyncio_clients_slow_neither_probes_nor_exit
     async def main(port: int) -> tuple[list[int], float]:
         stuck = [
             AsyncHealthCheckClient(
-                f"http://127.0.0.1:{free_port()}", TEST_SECRET, 0.2, 1, 1.0, block
+                f"http://127.0.0.1:{closed_port()}", TEST_SECRET, 0.2, 1, 1.0, block
             )
             for _ in range(6)
         ]
@@ -242,7 +242,7 @@ def test_the_process_exits_within_2_s_of_stop(case: str, tmp_path: Path) -> None
                 EXIT_SCRIPT,
                 case,
                 server.address,
-                str(free_port()),
+                str(closed_port()),
                 TEST_SECRET,
             ],
             stdin=subprocess.PIPE,

@@ -16,7 +16,7 @@ from rpc_common.protocol import DEFAULT_SCHEMA_MAX_BYTES
 from rpc_datasource import AgentEndpoint, SchemaFetchError
 from rpc_datasource.runtime.engine import new_session
 from rpc_datasource.schema.fetch import FetchedSchema, fetch_schema
-from tests.support import TEST_SECRET, free_port
+from tests.support import TEST_SECRET, closed_port
 from tests.support.scripted_server import Answer, ScriptedServer, scripted_server
 
 SCHEMA_PATH = "/forest/rpc-schema"
@@ -90,7 +90,7 @@ def test_another_refusal_gets_no_401_hint(server: ScriptedServer) -> None:
 
 
 def test_no_connection_names_the_url_and_the_cause() -> None:
-    root = f"http://127.0.0.1:{free_port()}"
+    root = f"http://127.0.0.1:{closed_port()}"
     url = root + SCHEMA_PATH
     with pytest.raises(SchemaFetchError, match=re.escape(f"{url}: connection failed")):
         fetch(endpoint_at(root))

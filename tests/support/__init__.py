@@ -78,6 +78,19 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+_HELD_CLOSED: list[socket.socket] = []
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that refuses connections for the rest of this test process: bound
+    and never listening, so that no server (of this suite, or of a second copy running beside
+    it) takes it meanwhile, as one found free and released might be."""
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", 0))
+    _HELD_CLOSED.append(holder)
+    return int(holder.getsockname()[1])
+
+
 def agent_app(
     schema_provider: SchemaProvider | None = None, **settings: Any
 ) -> tuple[Flask, RpcAgent]:
