@@ -8,10 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from rpc_agent.process import state as server_process
 from tests.support import library_threads, wait_until
 from tests.support.warehouse import Warehouse, running_warehouse
+
+# Property tests check what holds, not how fast: no per-example deadline, which a loaded
+# machine (parallel workers, a second suite beside this one) would miss by chance.
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
 
 
 @pytest.fixture(autouse=True)

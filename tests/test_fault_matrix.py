@@ -293,7 +293,15 @@ def assert_one_outage(
 
 def assert_one_recovery(watch: Watch, healed: float) -> None:
     """One recovery, at the first success after `healed`; no other callback after it."""
-    watch.wait_for(lambda: bool(watch.recoveries), "a recovery")
+    # The callback may run before the event reaches this test's hook (callbacks and hooks
+    # run on different threads): wait for both.
+    watch.wait_for(
+        lambda: (
+            bool(watch.recoveries)
+            and any(event.result.succeeded for _, event in watch.events(healed))
+        ),
+        "a recovery",
+    )
     _, stats = watch.recoveries[0]
     first_success = next(event for _, event in watch.events(healed) if event.result.succeeded)
     assert first_success.recovered, first_success

@@ -26,7 +26,10 @@ pytestmark = pytest.mark.slow
 INTERVAL_S = 0.5
 TIMEOUT_S = 2.0
 THRESHOLD = 3
-EXIT_BOUND_S = 2.0
+# What is blocked below blocks for 60 s: a stop or an exit that waited on it would take that
+# long. Anything far shorter proves it did not; this leaves a loaded machine its slowness.
+EXIT_BOUND_S = 5.0
+STOP_BOUND_S = 2.0  # stop() returns within 1 s (the contract), and a little for the machine
 
 
 @pytest.fixture
@@ -174,7 +177,7 @@ def test_blocked_plain_callbacks_of_asyncio_clients_slow_neither_probes_nor_exit
     finally:
         release.set()
     assert failures == [0, 0, 0]
-    assert returned - stopping <= EXIT_BOUND_S
+    assert returned - stopping <= STOP_BOUND_S
 
 
 def test_a_hook_that_blocks_the_loop_is_named_in_a_rate_limited_warning(
@@ -233,7 +236,7 @@ print("stopped", flush=True)
 
 
 @pytest.mark.parametrize("case", ["lookup", "callback"])
-def test_the_process_exits_within_2_s_of_stop(case: str, tmp_path: Path) -> None:
+def test_the_process_exits_soon_after_stop(case: str, tmp_path: Path) -> None:
     with local_name_server() as server:
         process = subprocess.Popen(
             [

@@ -173,8 +173,8 @@ def test_a_hung_check_is_failing_with_timeout_and_health_never_waits_for_it(
         took.append(time.perf_counter() - started)
         assert reply.status_code == 503
     session.close()
-    # Never the check's timeout, let alone its 60 s (the p99 is measured in bench/).
-    assert max(took) < CHECK_TIMEOUT_S, sorted(took)[-5:]
+    # A probe that waited on the check would take its 60 s; the p99 is measured in bench/.
+    assert max(took) < 5.0, sorted(took)[-5:]
 
 
 def test_in_watch_mode_a_check_flip_answers_the_held_request_at_once(
