@@ -126,8 +126,10 @@ def main() -> None:
             flips = [one_flip(url, directory) for _ in range(args.flips)]
             (directory / "database.mode").write_text("hang")
             wait_for(
-                lambda: get_health(requests.Session(), url).json()["checks"]["database"]["reason"]
-                == "timeout"
+                lambda: (
+                    get_health(requests.Session(), url).json()["checks"]["database"]["reason"]
+                    == "timeout"
+                )
             )
             hung = latencies(url, args.probes)
         finally:
