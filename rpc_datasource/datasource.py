@@ -23,13 +23,15 @@ from rpc_datasource.health.events import (
     schema_hooks,
 )
 from rpc_datasource.health.policy import ProbeMode
-from rpc_datasource.health_client import Callback, HealthCheckClient
+from rpc_datasource.health_client import HealthCheckClient
 from rpc_datasource.instrumentation.log_lines import SchemaLog
+from rpc_datasource.runtime.client_base import Callback
 from rpc_datasource.runtime.engine import Engine, shared_engine
 from rpc_datasource.schema.diff import diff_schemas
 from rpc_datasource.schema.fetch import FetchedSchema, SchemaFetchError, fetch_schema
 from rpc_datasource.schema.refresh import SchemaRefreshDecision
 from rpc_datasource.settings import DatasourceSettings
+from rpc_datasource.transport.endpoint import AgentEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -67,13 +69,15 @@ class RpcDatasource:
         on_server_recovered: Callback | None = None,
         hooks: Sequence[ProbeHook] = (),
         name: str | None = None,
+        endpoint: AgentEndpoint | None = None,
     ) -> None:
         """The datasource of the agent `settings` name, holding `schema` as first read from
-        it; no I/O here: `start()` begins watching (`connect()` and `build()` do all three)."""
+        it; no I/O here: `start()` begins watching (`connect()` and `build()` do all three).
+        `endpoint` is `settings.endpoint()`, when the caller made it already."""
         self.settings = settings
         self.name = name or settings.rpc_uri
         self.on_schema_change = on_schema_change
-        self.endpoint = settings.endpoint()
+        self.endpoint = endpoint or settings.endpoint()
         self._schema_hooks = (SchemaLog(),)
         self._lock = threading.Lock()
         self._closed = False
@@ -129,6 +133,7 @@ class RpcDatasource:
                 on_server_recovered=on_server_recovered,
                 hooks=hooks,
                 name=name,
+                endpoint=endpoint,
             )
             datasource.start()
         finally:

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from rpc_datasource.health.events import ProbeEvent
 from rpc_datasource.health.state import ProbeResult
@@ -16,12 +15,7 @@ from rpc_datasource.runtime.client_base import ClientBase
 from rpc_datasource.runtime.engine import Engine, Spawned, new_session, shared_engine
 from rpc_datasource.transport.probe import ProbeOutcome, probe_health
 
-if TYPE_CHECKING:
-    pass
-
 logger = logging.getLogger(__name__)
-
-Callback = Callable[[], None]
 
 
 class HealthCheckClient(ClientBase):

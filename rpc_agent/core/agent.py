@@ -171,7 +171,7 @@ class AgentCore:
     def _build_health(
         self, schema_etag: str, schema_error: str | None, shutting_down: bool, checks_version: int
     ) -> HealthAnswer:
-        readiness = self.checks.readiness() if self.checks else Readiness.OK
+        readiness = self.checks.readiness()
         reason = None
         if shutting_down:
             status, code = "shutting_down", 503

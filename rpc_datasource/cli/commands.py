@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from rpc_common.settings import AuthSecretSettings, ConfigurationError, describe_validation_error
 from rpc_common.signing import signed_headers
 from rpc_datasource.cli.report import ProbeExit, ProbeReport
+from rpc_datasource.datasource import load_datasource_settings
 from rpc_datasource.health.events import ProbeEvent
 from rpc_datasource.health_client import HealthCheckClient
 from rpc_datasource.runtime.engine import new_session
@@ -89,10 +90,7 @@ def _settings(args: argparse.Namespace) -> DatasourceSettings:
         given["health_check_timeout"] = args.timeout
     if getattr(args, "interval", None) is not None:
         given["health_check_interval"] = args.interval
-    try:
-        return DatasourceSettings(**given)
-    except ValidationError as error:
-        raise ConfigurationError(describe_validation_error(error)) from None
+    return load_datasource_settings(**given)
 
 
 def probe(args: argparse.Namespace) -> int:
