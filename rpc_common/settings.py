@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, Self
+
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -14,7 +17,11 @@ class ConfigurationError(ValueError):
 
 
 class AuthSecretSettings(BaseSettings):
-    """Base for both sides' settings: the shared secret, read from `FOREST_AUTH_SECRET`."""
+    """Base for both sides' settings: the shared secret, read from `FOREST_AUTH_SECRET`.
+
+    A refused value is a one-line `ConfigurationError` naming where it came from: the
+    argument given, or the `FOREST_*` variable.
+    """
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, hide_input_in_errors=True, extra="ignore"
@@ -28,13 +35,31 @@ class AuthSecretSettings(BaseSettings):
     def _secret_long_enough(cls, value: SecretStr) -> SecretStr:
         size = len(value.get_secret_value().encode("utf-8"))
         if size == 0:
-            raise ValueError(f"{ENV_PREFIX}AUTH_SECRET is not set or is empty")
+            raise ValueError("is not set or is empty")
         if size < MIN_SECRET_BYTES:
             raise ValueError(
-                f"{ENV_PREFIX}AUTH_SECRET is too short ({size} bytes; at least "
-                f"{MIN_SECRET_BYTES} are required)"
+                f"is too short ({size} bytes; at least {MIN_SECRET_BYTES} are required)"
             )
         return value
+
+    def __init__(self, **values: Any) -> None:
+        self._read(values, given_as={})
+
+    @classmethod
+    def given_as(cls, names: Mapping[str, str], **values: Any) -> Self:
+        """Like `cls(**values)`, but a refused value is named as `names` spells it for the
+        caller's user (`timeout`, `--prefix`) instead of by its field."""
+        settings = cls.__new__(cls)
+        settings._read(values, given_as=names)
+        return settings
+
+    def _read(self, values: dict[str, Any], given_as: Mapping[str, str]) -> None:
+        """`values` first, then the environment; a refusal is one `ConfigurationError` line."""
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            given = {name: given_as.get(name, name) for name in values}
+            raise ConfigurationError(describe_validation_error(error, given)) from None
 
 
 def normalised_url_prefix(value: str) -> str:
@@ -47,19 +72,22 @@ def normalised_url_prefix(value: str) -> str:
     return "" if value == "/" else value
 
 
-def describe_validation_error(error: ValidationError) -> str:
-    """One line naming each refused setting (argument and variable), never its value."""
+def describe_validation_error(error: ValidationError, given: Mapping[str, str]) -> str:
+    """One line naming each refused setting where it came from (the argument or option
+    `given` maps it to, or its `FOREST_*` variable), never its value."""
     parts = []
     for item in error.errors(include_input=False, include_url=False):
         field = "_".join(str(part) for part in item["loc"])
-        name = ENV_PREFIX + field.upper()
+        variable = ENV_PREFIX + field.upper()
         if item["type"] == "missing":
-            parts.append(f"{name} is not set ({field})")
-        else:
-            message = item["msg"].removeprefix("Value error, ")
-            parts.append(
-                f"{field}: {message}" if name in message else f"{field} ({name}): {message}"
-            )
+            parts.append(f"{variable} is not set (nor the {field} argument)")
+            continue
+        message = item["msg"].removeprefix("Value error, ")
+        for name in (variable, field):
+            message = message.removeprefix(name + " ")  # the source is named once, below
+        source = f"{given[field]} (as given)" if field in given else f"{variable} ({field})"
+        separator = " " if message.startswith(("is ", "must ")) else ": "
+        parts.append(source + separator + message)
     return "configuration error: " + "; ".join(parts)
 
 

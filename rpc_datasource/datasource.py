@@ -11,9 +11,6 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
-from pydantic import ValidationError
-
-from rpc_common.settings import ConfigurationError, describe_validation_error
 from rpc_common.signing import SignatureScheme
 from rpc_datasource.health.events import (
     ProbeEvent,
@@ -48,12 +45,14 @@ def _close_open_datasources() -> None:
 atexit.register(_close_open_datasources)
 
 
-def load_datasource_settings(**overrides: Any) -> DatasourceSettings:
-    """Settings from the environment, `overrides` first; a refused value is one line."""
-    try:
-        return DatasourceSettings(**overrides)
-    except ValidationError as error:
-        raise ConfigurationError(describe_validation_error(error)) from None
+# `build()`'s short names of settings, so that a refused argument is named as it was given.
+BUILD_ARGUMENT_OF_SETTING = {
+    "rpc_uri": "uri",
+    "health_check_timeout": "timeout",
+    "health_check_recovery_threshold": "recovery_threshold",
+    "health_check_mode": "mode",
+    "health_check_watch_wait": "watch_wait",
+}
 
 
 class RpcDatasource:
@@ -181,7 +180,7 @@ class RpcDatasource:
         metrics call the agent (the `uri` when not given). `uri` is the agent's base URI; one
         that already ends in the health route works too.
         """
-        overrides = {
+        overrides: dict[str, Any] = {
             "rpc_uri": uri,
             "auth_secret": auth_secret,
             "health_check_interval": health_check_interval,
@@ -201,7 +200,7 @@ class RpcDatasource:
                 **{name: getattr(settings, name) for name in type(settings).model_fields},
                 **given,
             }
-        settings = load_datasource_settings(**given)
+        settings = DatasourceSettings.given_as(BUILD_ARGUMENT_OF_SETTING, **given)
         return cls.connect(
             settings,
             on_schema_change=on_schema_change,

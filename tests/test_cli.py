@@ -114,8 +114,8 @@ def test_https_to_an_http_port_exits_2_and_says_tls(warehouse: Warehouse) -> Non
     [
         (("probe", "http://127.0.0.1:1"), None, "FOREST_AUTH_SECRET"),
         (("probe", "http://127.0.0.1:1"), "Zq7-k3y", "FOREST_AUTH_SECRET"),
-        (("probe", "http://127.0.0.1:1", "--prefix", "api/"), TEST_SECRET, "FOREST_URL_PREFIX"),
-        (("probe", "127.0.0.1:1"), TEST_SECRET, "FOREST_RPC_URI"),
+        (("probe", "http://127.0.0.1:1", "--prefix", "api/"), TEST_SECRET, "--prefix (as given)"),
+        (("probe", "127.0.0.1:1"), TEST_SECRET, "URI (as given) must be an http"),
         (("probe",), TEST_SECRET, "uri"),
         (("fly", "http://127.0.0.1:1"), TEST_SECRET, "fly"),
         (("probe", "http://127.0.0.1:1", "--timeout", "soon"), TEST_SECRET, "--timeout"),

@@ -338,7 +338,8 @@ def test_short_secret_is_refused_without_showing_it(
             RpcDatasource.build(auth_secret=SHORT_SECRET)
 
     message = str(caught.value)
-    assert "FOREST_AUTH_SECRET" in message
+    named = "FOREST_AUTH_SECRET (auth_secret)" if from_environment else "auth_secret (as given)"
+    assert f"configuration error: {named} is too short" in message
     assert SHORT_SECRET not in message
     assert SHORT_SECRET not in "".join(traceback.format_exception(caught.value))
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from rpc_agent.servers.runner import listening_socket
+from rpc_agent.servers.listening import listening_socket
 from rpc_datasource import HealthCheckClient, RpcDatasource
 from tests.support import TEST_SECRET, library_threads, wait_until
 from tests.support.warehouse import HEALTH, Warehouse, running_warehouse

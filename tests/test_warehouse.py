@@ -7,6 +7,7 @@ Each test starts the command the way a user would (its own process, its own SQLi
 from __future__ import annotations
 
 import signal
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -17,7 +18,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from examples.warehouse.database import PRODUCTS, add_column
-from tests.support import free_port, signed
+from tests.support import TEST_SECRET, free_port, signed
 from tests.support.warehouse import (
     EXIT_DEADLINE,
     HEALTH,
@@ -63,6 +64,30 @@ def test_refuses_to_start_without_a_usable_secret(secret: str | None, tmp_path: 
     if secret:
         assert secret not in result.stdout
         assert secret not in result.stderr
+
+
+@pytest.mark.parametrize("server", ["runner", "waitress"])
+def test_a_taken_port_is_one_line_naming_it(server: str, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*command(port, tmp_path / "warehouse.db"), "--server", server],
+            cwd=REPO_ROOT,
+            env=warehouse_env(TEST_SECRET),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"warehouse: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
 
 
 # --- health and schema ---------------------------------------------------------------------

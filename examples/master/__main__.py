@@ -11,10 +11,10 @@ from urllib.parse import urlsplit
 
 from examples.logs import configure_logging
 from examples.master.app import create_master_app
-from rpc_agent.servers.runner import listening_socket, serve_until_signalled
+from rpc_agent.servers.listening import ListenError, listening_socket
+from rpc_agent.servers.runner import serve_until_signalled
 from rpc_common.settings import ConfigurationError
 from rpc_datasource import RpcDatasource, SchemaFetchError
-from rpc_datasource.datasource import load_datasource_settings
 from rpc_datasource.instrumentation import metrics
 from rpc_datasource.settings import DatasourceSettings
 
@@ -51,8 +51,8 @@ def why_port_is_taken(host: str, port: int) -> str | None:
     """Why `host`:`port` can't be listened on, or None (checked before waiting for the agent)."""
     try:
         listening_socket(host, port).close()
-    except OSError as error:
-        return f"cannot listen on {host}:{port}: {error.strerror or error}"
+    except ListenError as error:
+        return str(error)
     return None
 
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     try:
         overrides = {"rpc_uri": args.rpc_uri} if args.rpc_uri else {}
-        settings = load_datasource_settings(**overrides)
+        settings = DatasourceSettings(**overrides)
     except ConfigurationError as error:
         print(f"master: {error}", file=sys.stderr)
         return 2
@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     app = create_master_app({name: datasource})
     try:
         serve_until_signalled(app, args.host, args.port)
-    except OSError as error:
-        print(f"master: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
+    except ListenError as error:
+        print(f"master: {error}", file=sys.stderr)
         return 1
     finally:
         datasource.close()

@@ -10,6 +10,7 @@ from examples.warehouse.app import create_app
 from examples.warehouse.cli import parse_arguments, settings_or_none
 from rpc_agent.extension import EXTENSION_KEY
 from rpc_agent.servers import waitress
+from rpc_agent.servers.listening import ListenError
 from rpc_agent.servers.runner import serve_agent_until_signalled
 from rpc_common.settings import ConfigurationError
 
@@ -34,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
             waitress.serve(app, agent=agent, host=args.host, port=args.port)
         else:
             serve_agent_until_signalled(app, agent, args.host, args.port)
-    except OSError as error:
-        print(f"warehouse: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
+    except ListenError as error:
+        print(f"warehouse: {error}", file=sys.stderr)
         return 1
     return 0
 

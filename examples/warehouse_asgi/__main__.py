@@ -8,6 +8,7 @@ import sys
 
 from examples.warehouse.cli import parse_arguments, settings_or_none
 from examples.warehouse_asgi.app import create_app
+from rpc_agent.servers.listening import ListenError
 from rpc_agent.servers.runner import serve_asgi_until_signalled
 
 logger = logging.getLogger("examples.warehouse_asgi")
@@ -25,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         serve_asgi_until_signalled(app, args.host, args.port)
-    except OSError as error:
-        print(f"warehouse_asgi: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
+    except ListenError as error:
+        print(f"warehouse_asgi: {error}", file=sys.stderr)
         return 1
     return 0
 

@@ -11,26 +11,15 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
-
 from rpc_agent.core.checks import STARTING_REASON, Check, Readiness, ReadinessChecks
 from rpc_agent.core.held_requests import HeldRequests, health_etag
 from rpc_agent.core.schema import SchemaCache, SchemaProvider, canonical_json, empty_schema
 from rpc_agent.core.settings import AgentSettings
 from rpc_agent.core.sse import SseConnectionManager
 from rpc_agent.process import state as server_process
-from rpc_common.settings import ConfigurationError, describe_validation_error
 from rpc_common.version import package_version
 
 logger = logging.getLogger(__name__)
-
-
-def load_agent_settings() -> AgentSettings:
-    """Settings from the environment; a refused value is a one-line `ConfigurationError`."""
-    try:
-        return AgentSettings()
-    except ValidationError as error:
-        raise ConfigurationError(describe_validation_error(error)) from None
 
 
 @dataclass(frozen=True)
@@ -66,7 +55,7 @@ class AgentCore:
         settings: AgentSettings | None = None,
         schema_provider: SchemaProvider | None = None,
     ) -> None:
-        self.settings = settings if settings is not None else load_agent_settings()
+        self.settings = settings if settings is not None else AgentSettings()
         self.held_requests = HeldRequests(self.settings.health_max_watchers)
         self.schema_cache = SchemaCache(
             schema_provider or empty_schema,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import resource
 import signal
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -30,6 +29,7 @@ from rpc_agent.asgi import ASGIApp, RpcAgentMiddleware
 from rpc_agent.core.agent import AgentCore
 from rpc_agent.process.stop_signal import STOP_SIGNALS
 from rpc_agent.servers.http_protocol import GuardedHttpToolsProtocol
+from rpc_agent.servers.listening import listening_socket
 from rpc_common.log_limit import AnonymousLinesFilter
 
 if TYPE_CHECKING:
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-LISTEN_BACKLOG = 2048
 # Threads for the app's own (WSGI) requests; the agent's routes need none.
 APP_THREADS = 16
 # Once stopping, how long open requests of the app may still take.
@@ -45,23 +44,6 @@ GRACEFUL_STOP_S = 5
 # Idle keep-alive connections are closed after this; above the datasource's own 8 s, so the
 # client, not the server, closes an idle pooled connection.
 KEEP_ALIVE_S = 15
-
-
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A socket bound to `host`:`port` (0: any free port) and listening; `OSError` if taken."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on such sockets, and without it each
-    # answer after the first on a connection waited ~40 ms for the client's delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(LISTEN_BACKLOG)
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
 
 
 # uvicorn's warnings about requests any client can send: rate-limited with the agent's refusals.
@@ -106,8 +88,8 @@ def _signals_end_quietly() -> Iterator[None]:
 
 def serve_asgi_until_signalled(app: ASGIApp, host: str, port: int) -> None:
     """Serve an ASGI app on uvicorn until SIGTERM or SIGINT, then exit normally (an agent's
-    ASGI middleware begins its shutdown and drains at the signal). `OSError` when the port
-    can't be bound."""
+    ASGI middleware begins its shutdown and drains at the signal). `ListenError` (one line
+    naming host and port) when the port can't be had."""
     raise_open_files_limit()
     quiet_invalid_requests()
     sock = listening_socket(host, port)

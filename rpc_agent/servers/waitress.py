@@ -18,6 +18,7 @@ import waitress
 
 from rpc_agent.core.agent import AgentCore
 from rpc_agent.process import stop_signal
+from rpc_agent.servers.listening import ListenError
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -51,9 +52,13 @@ def serve(
 ) -> None:
     """Serve `app` (already wrapped by `agent`) on waitress until SIGTERM or SIGINT, then
     drain and return; `options` go to waitress (`channel_timeout`, `connection_limit`...).
-    Call it from the main thread."""
+    Call it from the main thread; `ListenError` (one line naming host and port) when the port
+    can't be had."""
     agent.held_requests.cap(held_watch_share(threads))
-    server: Any = waitress.create_server(app, host=host, port=port, threads=threads, **options)
+    try:
+        server: Any = waitress.create_server(app, host=host, port=port, threads=threads, **options)
+    except OSError as error:
+        raise ListenError.of(host, port, error) from None
     for signum in stop_signal.STOP_SIGNALS:
         signal.signal(signum, _end_serving)
     stop_signal.install(stop_signal.STOP_SIGNALS, stop_signal.shutdown_of(agent))

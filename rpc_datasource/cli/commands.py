@@ -21,12 +21,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-from pydantic import ValidationError
-
-from rpc_common.settings import AuthSecretSettings, ConfigurationError, describe_validation_error
+from rpc_common.settings import AuthSecretSettings, ConfigurationError
 from rpc_common.signing import signed_headers
 from rpc_datasource.cli.report import ProbeExit, ProbeReport
-from rpc_datasource.datasource import load_datasource_settings
 from rpc_datasource.health.events import ProbeEvent
 from rpc_datasource.health_client import HealthCheckClient
 from rpc_datasource.runtime.engine import new_session
@@ -81,6 +78,15 @@ def _parser() -> ArgumentParser:
     return parser
 
 
+# How each option's value is named when refused, so the line names what the user typed.
+OPTION_OF_SETTING = {
+    "rpc_uri": "URI",
+    "url_prefix": "--prefix",
+    "health_check_timeout": "--timeout",
+    "health_check_interval": "--interval",
+}
+
+
 def _settings(args: argparse.Namespace) -> DatasourceSettings:
     """The datasource settings: the options given, the `FOREST_*` environment for the rest."""
     given: dict[str, Any] = {"rpc_uri": args.uri}
@@ -90,7 +96,7 @@ def _settings(args: argparse.Namespace) -> DatasourceSettings:
         given["health_check_timeout"] = args.timeout
     if getattr(args, "interval", None) is not None:
         given["health_check_interval"] = args.interval
-    return load_datasource_settings(**given)
+    return DatasourceSettings.given_as(OPTION_OF_SETTING, **given)
 
 
 def probe(args: argparse.Namespace) -> int:
@@ -170,10 +176,7 @@ def _read_schema_file(path: Path) -> dict[str, Any]:
 
 def sign(args: argparse.Namespace) -> int:
     """The two headers (v2, now) for a request, as `curl -H` takes them."""
-    try:
-        secret = AuthSecretSettings().auth_secret.get_secret_value()
-    except ValidationError as error:
-        raise ConfigurationError(describe_validation_error(error)) from None
+    secret = AuthSecretSettings().auth_secret.get_secret_value()
     if not args.target.startswith("/"):
         raise CommandError(f"TARGET must be the path and query, starting with '/': {args.target}")
     headers = signed_headers(secret, method=args.method.upper(), target=args.target)
