@@ -28,6 +28,7 @@ from a2wsgi import WSGIMiddleware
 from rpc_agent.asgi import ASGIApp, RpcAgentMiddleware
 from rpc_agent.core.agent import AgentCore
 from rpc_agent.process.stop_signal import STOP_SIGNALS
+from rpc_agent.servers.console import log_to_stderr_unless_configured
 from rpc_agent.servers.http_protocol import GuardedHttpToolsProtocol
 from rpc_agent.servers.listening import listening_socket
 from rpc_common.log_limit import AnonymousLinesFilter
@@ -90,6 +91,7 @@ def serve_asgi_until_signalled(app: ASGIApp, host: str, port: int) -> None:
     """Serve an ASGI app on uvicorn until SIGTERM or SIGINT, then exit normally (an agent's
     ASGI middleware begins its shutdown and drains at the signal). `ListenError` (one line
     naming host and port) when the port can't be had."""
+    log_to_stderr_unless_configured()
     raise_open_files_limit()
     quiet_invalid_requests()
     sock = listening_socket(host, port)

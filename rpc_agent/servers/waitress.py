@@ -18,6 +18,7 @@ import waitress
 
 from rpc_agent.core.agent import AgentCore
 from rpc_agent.process import stop_signal
+from rpc_agent.servers.console import log_to_stderr_unless_configured
 from rpc_agent.servers.listening import ListenError
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ def serve(
     drain and return; `options` go to waitress (`channel_timeout`, `connection_limit`...).
     Call it from the main thread; `ListenError` (one line naming host and port) when the port
     can't be had."""
+    log_to_stderr_unless_configured()
     agent.held_requests.cap(held_watch_share(threads))
     try:
         server: Any = waitress.create_server(app, host=host, port=port, threads=threads, **options)
