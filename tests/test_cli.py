@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ import requests
 
 from tests.support import OTHER_SECRET, TEST_SECRET, agent_app, closed_port, live_server
 from tests.support.scripted_server import Answer, scripted_server
-from tests.support.warehouse import Warehouse
+from tests.support.warehouse import Warehouse, running_warehouse
 
 pytestmark = pytest.mark.slow
 
@@ -201,6 +203,47 @@ def watching(warehouse: Warehouse) -> Iterator[subprocess.Popen[str]]:
         if process.poll() is None:
             process.kill()
         process.communicate(timeout=COMMAND_DEADLINE_S)
+
+
+def _read_lines_into(process: subprocess.Popen[str], lines: queue.Queue[str]) -> None:
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.put(line.rstrip("\n"))
+
+
+def _wait_for_line(lines: queue.Queue[str], wanted: str, seen: list[str]) -> str:
+    """The first line (after those already `seen`) that contains `wanted`; fails at the deadline."""
+    deadline = time.monotonic() + COMMAND_DEADLINE_S
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        seen.append(line)
+        if wanted in line:
+            return line
+    pytest.fail(f"no line with {wanted!r} within {COMMAND_DEADLINE_S} s; got {seen}")
+
+
+def test_watch_prints_a_line_for_each_change_of_state(
+    watching: subprocess.Popen[str], warehouse: Warehouse, tmp_path: Path
+) -> None:
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_read_lines_into, args=(watching, lines), daemon=True).start()
+    seen: list[str] = []
+    _wait_for_line(lines, " up ok instance_id=", seen)
+
+    assert warehouse.stop() == 0
+    down = _wait_for_line(lines, " DOWN after ", seen)
+    assert down.endswith("DOWN after 1 failed probe(s) [shutting_down]"), seen
+
+    restart = tmp_path / "restart"
+    with running_warehouse(tmp_path / "warehouse.db", restart, port=warehouse.port) as again:
+        new_instance_id = again.get("/forest/health").json()["instance_id"]
+        _wait_for_line(lines, " RECOVERED", seen)
+        restarted = _wait_for_line(lines, " RESTARTED new instance_id=", seen)
+    assert restarted.endswith(f"RESTARTED new instance_id={new_instance_id}")
+    assert sum(" DOWN " in line for line in seen) == 1, seen
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

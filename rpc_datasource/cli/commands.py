@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 from rpc_common.settings import AuthSecretSettings, ConfigurationError
 from rpc_common.signing import signed_headers
-from rpc_datasource.cli.report import ProbeExit, ProbeReport
+from rpc_datasource.cli.report import ProbeExit, ProbeReport, state_change_lines
 from rpc_datasource.health.events import ProbeEvent
 from rpc_datasource.health_client import HealthCheckClient
 from rpc_datasource.runtime.engine import new_session
@@ -66,7 +66,7 @@ def _parser() -> ArgumentParser:
 
     probe = agent_command("probe", "one signed health probe; the exit code says the outcome")
     probe.add_argument("--json", action="store_true", help="print one JSON object")
-    watch = agent_command("watch", "one line per probe until interrupted")
+    watch = agent_command("watch", "one line per probe and per change of state, until interrupted")
     watch.add_argument(
         "--interval", type=float, help="seconds between probes (FOREST_HEALTH_CHECK_INTERVAL)"
     )
@@ -114,7 +114,8 @@ def probe(args: argparse.Namespace) -> int:
 
 
 def watch(args: argparse.Namespace) -> int:
-    """Probe with the library's own client, one line per probe, until SIGINT or SIGTERM."""
+    """Probe with the library's own client until SIGINT or SIGTERM: one line per probe, and
+    one per change of state (DOWN, RECOVERED, RESTARTED)."""
     settings = _settings(args)
     stopped = threading.Event()
 
@@ -125,6 +126,8 @@ def watch(args: argparse.Namespace) -> int:
         report = ProbeReport(event.result, event.latency_s)
         moment = datetime.now(UTC).strftime("%H:%M:%S")
         print(f"{moment} {event.state_after} {report.line()}", flush=True)
+        for line in state_change_lines(event):
+            print(f"{moment} {line}", flush=True)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stop)

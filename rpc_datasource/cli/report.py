@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from enum import IntEnum
 
+from rpc_datasource.health.events import ProbeEvent
 from rpc_datasource.health.state import FailureReason, ProbeKind, ProbeResult
 
 
@@ -88,3 +89,16 @@ class ProbeReport:
                 "cause": self.result.cause or None,
             }
         )
+
+
+def state_change_lines(event: ProbeEvent) -> list[str]:
+    """What `forest-rpc watch` adds after a probe's line when the probe changed something: the
+    outage (as `on_server_down` sees it), the recovery, a restart."""
+    lines = []
+    if event.went_down:
+        lines.append(f"DOWN after {event.consecutive_failures} failed probe(s) [{event.reason}]")
+    if event.recovered:
+        lines.append("RECOVERED")
+    if event.restarted:
+        lines.append(f"RESTARTED new instance_id={event.result.instance_id}")
+    return lines
