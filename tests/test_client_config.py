@@ -45,6 +45,28 @@ def test_loose_arguments_make_the_same_objects(client_class: type[HealthCheckCli
 
 
 @pytest.mark.parametrize("client_class", CLIENTS)
+@pytest.mark.parametrize(
+    ("prefix", "health_url"),
+    [("/api/forest", f"{BASE}/api/forest/health"), ("/", f"{BASE}/health")],
+)
+def test_a_url_prefix_argument_places_the_routes(
+    client_class: type[HealthCheckClient], prefix: str, health_url: str
+) -> None:
+    client = client_class(BASE, TEST_SECRET, url_prefix=prefix)
+    assert client.endpoint == AgentEndpoint.for_agent(BASE, TEST_SECRET, url_prefix=prefix)
+    assert client.endpoint.health_url == health_url
+
+
+@pytest.mark.parametrize("client_class", CLIENTS)
+@pytest.mark.parametrize("prefix", ["api/forest/", "/api/forest/"])
+def test_a_malformed_url_prefix_argument_is_refused_naming_it(
+    client_class: type[HealthCheckClient], prefix: str
+) -> None:
+    with pytest.raises(ValueError, match="url_prefix must start with '/'"):
+        client_class(BASE, TEST_SECRET, url_prefix=prefix)
+
+
+@pytest.mark.parametrize("client_class", CLIENTS)
 def test_an_endpoint_alone_gives_its_timeout_to_the_policy(
     client_class: type[HealthCheckClient],
 ) -> None:
@@ -71,6 +93,10 @@ def test_a_policy_alone_gives_its_timeout_to_the_endpoint(
         (
             {"endpoint": AgentEndpoint.for_agent(BASE, TEST_SECRET), "signature_scheme": "v1"},
             "signature_scheme",
+        ),
+        (
+            {"endpoint": AgentEndpoint.for_agent(BASE, TEST_SECRET), "url_prefix": "/api"},
+            "url_prefix",
         ),
         ({}, "url and auth_secret"),
     ],

@@ -14,6 +14,7 @@ import requests
 from rpc_datasource import (
     ConfigurationError,
     DatasourceSettings,
+    HealthCheckClient,
     ProbeEvent,
     RpcDatasource,
     SchemaFetchError,
@@ -227,6 +228,18 @@ def test_build_reaches_an_agent_under_another_prefix() -> None:
             assert datasource.schema == schema
             assert datasource.health.url == f"{server.url}/api/forest/health"
             assert wait_until(lambda: datasource.health.stats().state == "up")
+    finally:
+        server.stop()
+
+
+def test_a_bare_client_reaches_an_agent_under_another_prefix() -> None:
+    server = start_server(agent_app(products_schema, url_prefix="/api/forest")[0])
+    try:
+        client = HealthCheckClient(server.url, TEST_SECRET, url_prefix="/api/forest")
+        assert client.probe_now().succeeded
+        unprefixed = HealthCheckClient(server.url, TEST_SECRET).probe_now()
+        assert unprefixed.reason == "http_status"
+        assert "no agent route at /forest/health" in (unprefixed.cause or "")
     finally:
         server.stop()
 

@@ -7,6 +7,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from rpc_common.protocol import DEFAULT_URL_PREFIX
 from rpc_common.signing import SignatureScheme
 from rpc_datasource.health.events import ProbeEvent, ProbeHook
 from rpc_datasource.health.policy import ProbeMode, ProbePolicy
@@ -30,6 +31,7 @@ def client_config(
     url: str | None,
     auth_secret: str | None,
     signature_scheme: SignatureScheme | None,
+    url_prefix: str | None,
     endpoint: AgentEndpoint | None,
     policy: ProbePolicy | None,
     policy_options: dict[str, Any],
@@ -45,6 +47,7 @@ def client_config(
             ("url", url),
             ("auth_secret", auth_secret),
             ("signature_scheme", signature_scheme),
+            ("url_prefix", url_prefix),
         )
         if value is not None
     ]
@@ -64,7 +67,11 @@ def client_config(
     if policy is None:
         policy = ProbePolicy(**loose_policy)
     endpoint = AgentEndpoint.for_agent(
-        url, auth_secret, scheme=signature_scheme or "v2", timeout=float(policy.timeout)
+        url,
+        auth_secret,
+        url_prefix=url_prefix if url_prefix is not None else DEFAULT_URL_PREFIX,
+        scheme=signature_scheme or "v2",
+        timeout=float(policy.timeout),
     )
     return endpoint, policy
 
@@ -94,6 +101,7 @@ class ClientBase:
         mode: ProbeMode | None = None,
         watch_wait: float | None = None,
         signature_scheme: SignatureScheme | None = None,
+        url_prefix: str | None = None,
         policy: ProbePolicy | None = None,
         endpoint: AgentEndpoint | None = None,
         hooks: Sequence[ProbeHook] = (),
@@ -104,6 +112,7 @@ class ClientBase:
             url,
             auth_secret,
             signature_scheme,
+            url_prefix,
             endpoint,
             policy,
             {
