@@ -43,22 +43,24 @@ class AuthSecretSettings(BaseSettings):
         return value
 
     def __init__(self, **values: Any) -> None:
-        self._read(values, given_as={})
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            given = {name: name for name in values}
+            raise ConfigurationError(describe_validation_error(error, given)) from None
 
     @classmethod
     def given_as(cls, names: Mapping[str, str], **values: Any) -> Self:
         """Like `cls(**values)`, but a refused value is named as `names` spells it for the
         caller's user (`timeout`, `--prefix`) instead of by its field."""
-        settings = cls.__new__(cls)
-        settings._read(values, given_as=names)
-        return settings
-
-    def _read(self, values: dict[str, Any], given_as: Mapping[str, str]) -> None:
-        """`values` first, then the environment; a refusal is one `ConfigurationError` line."""
         try:
-            super().__init__(**values)
-        except ValidationError as error:
-            given = {name: given_as.get(name, name) for name in values}
+            return cls(**values)
+        except ConfigurationError as refused:
+            # `from None` hides the pydantic error from tracebacks but keeps it as the context.
+            error = refused.__context__
+            if not isinstance(error, ValidationError):
+                raise
+            given = {name: names.get(name, name) for name in values}
             raise ConfigurationError(describe_validation_error(error, given)) from None
 
 
