@@ -38,14 +38,10 @@ pytestmark = pytest.mark.slow
 # --- configuration errors ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "secret",
-    [None, "", "short-XYZZY"],
-    ids=["missing", "empty", "short"],
-)
-def test_refuses_to_start_without_a_usable_secret(secret: str | None, tmp_path: Path) -> None:
-    result = subprocess.run(
-        command(free_port(), tmp_path / "warehouse.db"),
+def _warehouse_run(arguments: list[str], secret: str | None) -> subprocess.CompletedProcess[str]:
+    """Run the warehouse command to its end (it is expected to refuse to start)."""
+    return subprocess.run(
+        arguments,
         cwd=REPO_ROOT,
         env=warehouse_env(secret),
         stdin=subprocess.DEVNULL,
@@ -54,6 +50,15 @@ def test_refuses_to_start_without_a_usable_secret(secret: str | None, tmp_path: 
         timeout=60,
         check=False,
     )
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [None, "", "short-XYZZY"],
+    ids=["missing", "empty", "short"],
+)
+def test_refuses_to_start_without_a_usable_secret(secret: str | None, tmp_path: Path) -> None:
+    result = _warehouse_run(command(free_port(), tmp_path / "warehouse.db"), secret)
 
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
@@ -72,16 +77,8 @@ def test_a_taken_port_is_one_line_naming_it(server: str, tmp_path: Path) -> None
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [*command(port, tmp_path / "warehouse.db"), "--server", server],
-            cwd=REPO_ROOT,
-            env=warehouse_env(TEST_SECRET),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        arguments = [*command(port, tmp_path / "warehouse.db"), "--server", server]
+        result = _warehouse_run(arguments, TEST_SECRET)
 
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
