@@ -1,0 +1,1 @@
+"""The benchmark scenarios, one module each (see `bench/__main__.py` for what each has)."""
