@@ -91,8 +91,11 @@ class CountingRelay:
     ) -> None:
         # Cancelled when the relay closes: end quietly (asyncio's stream callback would log
         # a cancelled handler as an error on Python 3.11).
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._forward(client_in, client_out)
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._forward(client_in, client_out)
+        finally:
+            client_out.close()
 
     async def _forward(
         self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
@@ -108,10 +111,13 @@ class CountingRelay:
         except OSError:
             client_out.close()
             return
-        await asyncio.gather(
-            self._pump(client_in, agent_out, upward=True),
-            self._pump(agent_in, client_out, upward=False),
-        )
+        try:
+            await asyncio.gather(
+                self._pump(client_in, agent_out, upward=True),
+                self._pump(agent_in, client_out, upward=False),
+            )
+        finally:
+            agent_out.close()
 
     async def _swallow(self, reader: asyncio.StreamReader) -> None:
         while await reader.read(CHUNK):
