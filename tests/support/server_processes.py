@@ -1,6 +1,7 @@
 """Real servers embedding the agent, run as subprocesses on 127.0.0.1: gunicorn (gthread or
 sync workers, with `rpc_agent.servers.gunicorn`'s hooks) around the Flask warehouse, and uvicorn
-around the FastAPI warehouse (`python -m examples.warehouse_asgi`).
+around the FastAPI warehouse (`python -m examples.warehouse_asgi`). How each is started is
+`bench.harness.fleet.ServerKind`, the launcher the benchmarks use too.
 
 `running_server` starts one, waits until it answers, and always ends it (and any worker
 left behind) afterwards. `SseStream` and `HeldWatch` hold an SSE stream or a health watch
@@ -18,7 +19,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +29,13 @@ from typing import Any
 
 import requests
 
+from bench.harness.fleet import (
+    GUNICORN_GTHREAD,
+    GUNICORN_SYNC,
+    GUNICORN_UVICORN,
+    UVICORN,
+    ServerKind,
+)
 from examples.warehouse.database import connect
 from tests.support import TEST_SECRET, free_port, signed, wait_until
 
@@ -45,8 +52,6 @@ STREAM_READ_TIMEOUT_S = 30.0
 HEARTBEAT_INTERVAL = "0.2"
 START_ATTEMPTS = 3
 
-# gunicorn's access log: the worker's pid, the request line, the status, the user agent.
-GUNICORN_ACCESS_FORMAT = '%(p)s "%(r)s" %(s)s "%(a)s"'
 # A request line in gunicorn's access log (above) or uvicorn's (`... - "GET /x HTTP/1.1" 200`).
 ACCESS_LINE = re.compile(
     r'(?:^<(?P<pid>\d+)> )?.*?"(?P<method>[A-Z]+) (?P<target>\S+) HTTP/[0-9.]+" (?P<status>\d{3})'
@@ -60,73 +65,6 @@ class ServerError(RuntimeError):
     """A server did not start, answer or stop as expected (the message quotes its log)."""
 
 
-@dataclass(frozen=True)
-class ServerKind:
-    """One way of serving the warehouse with its agent."""
-
-    name: str
-    workers: int
-    holds_watches: bool  # a held watch needs a thread or a coroutine to wait in
-    worker_class: str | None = None  # gunicorn's -k; None: uvicorn
-    threads: int = 4  # gthread's --threads
-    preload: bool = False  # gunicorn's --preload: the app is loaded in the master
-    app_factory: str = "create_app"  # the warehouse factory gunicorn loads
-    factory_options: str = ""  # more keyword arguments for it, e.g. ", db_check_interval=0.1"
-
-    @property
-    def is_gunicorn(self) -> bool:
-        return self.worker_class is not None
-
-    def command(self, port: int, db_path: Path) -> list[str]:
-        if self.worker_class is None:
-            return [
-                sys.executable,
-                "-m",
-                "examples.warehouse_asgi",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--db",
-                str(db_path),
-            ]
-        # gunicorn turns `-k sync` into gthread when --threads is over 1: give it only to gthread.
-        threads = ["--threads", str(self.threads)] if self.worker_class == "gthread" else []
-        return [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "python:rpc_agent.gunicorn",
-            "--no-control-socket",
-            "-w",
-            str(self.workers),
-            "-k",
-            self.worker_class,
-            *threads,
-            *(["--preload"] if self.preload else []),
-            "-b",
-            f"127.0.0.1:{port}",
-            "--access-logfile",
-            "-",
-            "--access-logformat",
-            GUNICORN_ACCESS_FORMAT,
-            f"examples.warehouse:{self.app_factory}({str(db_path)!r}{self.factory_options})",
-        ]
-
-
-GUNICORN_GTHREAD = ServerKind(
-    "gunicorn-gthread", workers=2, holds_watches=True, worker_class="gthread"
-)
-GUNICORN_SYNC = ServerKind("gunicorn-sync", workers=2, holds_watches=False, worker_class="sync")
-GUNICORN_UVICORN = ServerKind(
-    "gunicorn-uvicorn",
-    workers=2,
-    holds_watches=True,
-    worker_class="rpc_agent.servers.uvicorn_worker.UvicornWorker",
-    app_factory="create_asgi_app",
-)
-UVICORN = ServerKind("uvicorn-fastapi", workers=1, holds_watches=True)
 ALL_KINDS = (GUNICORN_GTHREAD, GUNICORN_SYNC, GUNICORN_UVICORN, UVICORN)
 GUNICORN_KINDS = (GUNICORN_GTHREAD, GUNICORN_SYNC, GUNICORN_UVICORN)
 # Whose access log names the worker that answered (gunicorn's format; uvicorn's has no pid).
@@ -277,7 +215,7 @@ def start_server(
         log_path = log_dir / f"{kind.name}-{chosen}-{time.monotonic_ns()}.log"
         with log_path.open("wb") as log_file:
             process = subprocess.Popen(
-                kind.command(chosen, db_path),
+                kind.command(chosen, db_path, access_log=True),
                 cwd=REPO_ROOT,
                 env=server_env(settings),
                 stdin=subprocess.DEVNULL,
