@@ -20,7 +20,12 @@ from bench.harness.report import command_line
 
 
 def scenario_modules() -> dict[str, ModuleType]:
-    names = sorted(info.name for info in pkgutil.iter_modules(scenarios.__path__))
+    # A private module (`_name`) is a scenario's helper, e.g. a bench-only agent launcher.
+    names = sorted(
+        info.name
+        for info in pkgutil.iter_modules(scenarios.__path__)
+        if not info.name.startswith("_")
+    )
     return {name: importlib.import_module(f"bench.scenarios.{name}") for name in names}
 
 

@@ -62,6 +62,7 @@ class ServerKind:
     threads: int = 4  # gthread's --threads
     preload: bool = False  # gunicorn's --preload: the app is loaded in the master
     app_factory: str = "create_app"  # the warehouse factory gunicorn loads
+    app_module: str = "examples.warehouse"  # the module gunicorn loads it from
     factory_options: str = ""  # more keyword arguments for it, e.g. ", db_check_interval=0.1"
 
     @property
@@ -106,7 +107,7 @@ class ServerKind:
             "-b",
             f"127.0.0.1:{port}",
             *logging_options,
-            f"examples.warehouse:{self.app_factory}({str(db_path)!r}{self.factory_options})",
+            f"{self.app_module}:{self.app_factory}({str(db_path)!r}{self.factory_options})",
         ]
 
 
