@@ -16,8 +16,11 @@ from rpc_datasource.health.timing import (
 
 ProbeMode = Literal["poll", "watch"]
 WATCH_START_SPREAD_S = 1.0
-# Probe times snap to a grid this fine at least, and at most this coarse (see `next_due`).
-FINEST_GRID_S = 0.05
+# Probe times snap to a grid of this share of the jitter window, this fine at least and at
+# most this coarse (see `next_due`). The probes that share a grid point start one after
+# another in one turn of the loop, so a coarser grid makes the last of them later.
+GRID_SHARE_OF_WINDOW = 1 / 20
+FINEST_GRID_S = 0.01
 COARSEST_GRID_S = 1.0
 
 
@@ -116,7 +119,7 @@ class ProbePolicy:
 
     def next_due(self, now: float, in_transition: bool, rng: random.Random) -> float:
         """When the next probe is due: `now + next_delay`, moved to the nearest point of a
-        time grid (a quarter of the window, 50 ms to 1 s) that lies inside the window, so
+        time grid (a twentieth of the window, 10 ms to 1 s) that lies inside the window, so
         that many clients share wake-ups.
 
         The result always stays within the jitter bounds of the interval; with no jitter
@@ -124,7 +127,7 @@ class ProbePolicy:
         """
         low, high = self._window(in_transition)
         target = now + self.next_delay(in_transition, rng)
-        grid = min(COARSEST_GRID_S, max(FINEST_GRID_S, (high - low) / 4))
+        grid = min(COARSEST_GRID_S, max(FINEST_GRID_S, (high - low) * GRID_SHARE_OF_WINDOW))
         return coalesced(target, now + low, now + high, grid)
 
     def held_wait(self, rng: random.Random) -> float:
