@@ -1,4 +1,4 @@
-"""Endurance, the smoke version (the long one is `python -m bench.endurance`): start/stop
+"""Endurance, the smoke version (the long one is `python -m bench endurance`): start/stop
 cycles of a client and build/close cycles of a datasource leave no thread, fd or socket
 behind, and a short soak keeps the fd count flat and traced memory bounded.
 
