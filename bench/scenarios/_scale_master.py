@@ -13,6 +13,7 @@ first on `PYTHONPATH`.
 from __future__ import annotations
 
 import argparse
+import collections
 import cProfile
 import gc
 import json
@@ -69,6 +70,7 @@ class CurrentEngine:
     def __init__(self) -> None:
         self.lateness: list[float] = []
         self.healthy_failures = 0
+        self.failure_reasons: collections.Counter[str] = collections.Counter()
         self.false_downs = 0
         self.clients: list[Any] = []
         # CPU time of the loop's thread, not wall time: waiting in epoll is not work.
@@ -79,7 +81,9 @@ class CurrentEngine:
         self.lateness.append(event.lateness_s)
         if event.actions or event.result.reason is not None:
             self.false_downs += event.went_down
-            self.healthy_failures += event.result.reason is not None
+            if event.result.reason is not None:
+                self.healthy_failures += 1
+                self.failure_reasons[str(event.result.reason.value)] += 1
 
     def start(self, cell: Cell) -> None:
         from rpc_datasource import HealthCheckClient
@@ -106,7 +110,11 @@ class CurrentEngine:
             client.stop()
 
     def extra(self) -> dict[str, Any]:
-        return {"healthy_failures": self.healthy_failures, "false_downs": self.false_downs}
+        return {
+            "healthy_failures": self.healthy_failures,
+            "failure_reasons": dict(self.failure_reasons),
+            "false_downs": self.false_downs,
+        }
 
     def profile_on_loop(self, action: str) -> None:
         """Enable or disable the profiler on the engine's loop thread (cProfile is per thread)."""
