@@ -69,7 +69,6 @@ class CurrentEngine:
 
     def __init__(self) -> None:
         self.lateness: list[float] = []
-        self.healthy_failures = 0
         self.failure_reasons: collections.Counter[str] = collections.Counter()
         self.false_downs = 0
         self.clients: list[Any] = []
@@ -82,7 +81,6 @@ class CurrentEngine:
         if event.actions or event.result.reason is not None:
             self.false_downs += event.went_down
             if event.result.reason is not None:
-                self.healthy_failures += 1
                 self.failure_reasons[str(event.result.reason.value)] += 1
 
     def start(self, cell: Cell) -> None:
@@ -111,7 +109,7 @@ class CurrentEngine:
 
     def extra(self) -> dict[str, Any]:
         return {
-            "healthy_failures": self.healthy_failures,
+            "healthy_failures": sum(self.failure_reasons.values()),
             "failure_reasons": dict(self.failure_reasons),
             "false_downs": self.false_downs,
         }
