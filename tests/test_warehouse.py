@@ -17,6 +17,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.harness.fleet import RUNNER
 from examples.warehouse.database import PRODUCTS, add_column
 from tests.support import TEST_SECRET, free_port, signed
 from tests.support.warehouse import (
@@ -27,7 +28,6 @@ from tests.support.warehouse import (
     SCHEMA,
     SSE,
     Warehouse,
-    command,
     field_names,
     running_warehouse,
     warehouse_env,
@@ -58,7 +58,7 @@ def _warehouse_run(arguments: list[str], secret: str | None) -> subprocess.Compl
     ids=["missing", "empty", "short"],
 )
 def test_refuses_to_start_without_a_usable_secret(secret: str | None, tmp_path: Path) -> None:
-    result = _warehouse_run(command(free_port(), tmp_path / "warehouse.db"), secret)
+    result = _warehouse_run(RUNNER.command(free_port(), tmp_path / "warehouse.db"), secret)
 
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
@@ -77,7 +77,7 @@ def test_a_taken_port_is_one_line_naming_it(server: str, tmp_path: Path) -> None
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        arguments = [*command(port, tmp_path / "warehouse.db"), "--server", server]
+        arguments = [*RUNNER.command(port, tmp_path / "warehouse.db"), "--server", server]
         result = _warehouse_run(arguments, TEST_SECRET)
 
     assert result.returncode == 1

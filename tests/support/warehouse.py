@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 import requests
 
+from bench.harness.fleet import RUNNER
 from tests.support import TEST_SECRET, announced_port, signed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -51,20 +51,6 @@ def warehouse_env(secret: str | None = TEST_SECRET) -> dict[str, str]:
     if secret is not None:
         env["FOREST_AUTH_SECRET"] = secret
     return env
-
-
-def command(port: int, db_path: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "examples.warehouse",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--db",
-        str(db_path),
-    ]
 
 
 @dataclass
@@ -138,7 +124,7 @@ def running_warehouse(
     stderr_path = log_dir / f"warehouse-{port or 'new'}-{time.monotonic_ns()}.stderr"
     with stderr_path.open("wb") as stderr_file:
         process = subprocess.Popen(
-            command(port or 0, db_path),
+            RUNNER.command(port or 0, db_path),
             cwd=REPO_ROOT,
             env={**warehouse_env(), **(settings or {})},
             stdin=subprocess.DEVNULL,
