@@ -33,7 +33,9 @@ def test_python_m_bench_lists_every_scenario() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_a_smoke_run_of_each_scenario_reports_and_passes(scenario: str, tmp_path: Path) -> None:
+def test_a_smoke_run_of_each_scenario_runs_to_its_report(scenario: str, tmp_path: Path) -> None:
+    """The scenario runs, fills its tables and judges every goal. Whether a goal passes is the
+    benchmark's business, not the suite's: a timing goal on a loaded test machine is not."""
     report_path = tmp_path / "report.json"
     env = {name: value for name, value in os.environ.items() if not name.startswith("FOREST_")}
     done = subprocess.run(
@@ -45,10 +47,17 @@ def test_a_smoke_run_of_each_scenario_reports_and_passes(scenario: str, tmp_path
         timeout=SMOKE_DEADLINE_S,
         check=False,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
     report = json.loads(report_path.read_text(encoding="utf-8"))
     assert report["scenario"] == scenario
     assert report["tables"] and all(table["rows"] for table in report["tables"])
+    assert report["verdicts"]
+    assert all(verdict["passed"] in (True, False, None) for verdict in report["verdicts"])
+    judged = "\n".join(
+        line for line in done.stdout.splitlines() if line.startswith(("PASS", "FAIL"))
+    )
+    assert (done.returncode == 1) == ("FAIL" in judged), done.stdout[-3000:]
 
 
 def _imported_modules(path: Path) -> set[str]:
